@@ -6,6 +6,7 @@ Pure library code (FAISS + NumPy + PyArrow); no Ray. ``jobs/build_index.py`` and
 from rtd.index.build import (
     GalleryTable,
     assign_shards,
+    build_index,
     build_shard_index,
     build_sharded_index,
     faiss_metric,
@@ -28,6 +29,7 @@ from rtd.index.search import ShardedIndex, ShardSearcher, load_faiss_index, merg
 __all__ = [
     "GalleryTable",
     "assign_shards",
+    "build_index",
     "build_shard_index",
     "build_sharded_index",
     "faiss_metric",

@@ -39,6 +39,7 @@ __all__ = [
     "read_gallery_parquet",
     "write_gallery_parquet",
     "shard_file_names",
+    "build_index",
 ]
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class GalleryTable:
     embeddings: np.ndarray
     norms: np.ndarray
     metadata: list[str]
+    fingerprints: frozenset[str] = frozenset()
 
 
 def write_gallery_parquet(path: str | os.PathLike[str], table: GalleryTable) -> None:
@@ -285,7 +287,8 @@ def read_gallery_parquet(path: str | os.PathLike[str]) -> GalleryTable:
     )
     meta = t.column("metadata").to_pylist() if "metadata" in t.column_names else ["{}"] * len(t)
     meta = [m if isinstance(m, str) else json.dumps(m) for m in meta]
-    return GalleryTable(ids=ids, embeddings=emb, norms=norms, metadata=meta)
+    fps = frozenset(pc.unique(t.column("fingerprint")).to_pylist()) if "fingerprint" in t.column_names else frozenset()
+    return GalleryTable(ids=ids, embeddings=emb, norms=norms, metadata=meta, fingerprints=fps)
 
 
 def _write_items(path: Path, ids: np.ndarray, norms: np.ndarray, metadata: list[str]) -> None:
@@ -405,3 +408,34 @@ def build_sharded_index(
     write_manifest(out, manifest)
     logger.info("wrote %s (%d vectors, %d shards) in %.1fs", out, len(x), num_shards, time.perf_counter() - t0)
     return manifest
+
+
+def build_index(cfg) -> Manifest:
+    """Build the sharded index described by an :class:`~rtd.config.IndexConfig` (what ``jobs/build_index.py`` runs).
+
+    The frozen-encoder fingerprint comes from ``cfg.fingerprint`` or, by default, from the embedding rows
+    (``fingerprint`` column) / ``_gallery.json`` written by the embedding job.
+
+    Raises:
+        ValueError: no fingerprint, or rows embedded by different encoders (names ``fingerprint``).
+    """
+    table = read_gallery_parquet(cfg.embeddings)
+    sidecar = Path(cfg.embeddings) / "_gallery.json"
+    side = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if len(table.fingerprints) > 1:
+        raise ValueError(f"fingerprint: embeddings mix {len(table.fingerprints)} encoders {sorted(table.fingerprints)}")
+    found = next(iter(table.fingerprints), None) or side.get("fingerprint")
+    fingerprint = cfg.fingerprint or found
+    if not fingerprint:
+        raise ValueError("fingerprint: embeddings carry no encoder fingerprint; set index fingerprint=<value>")
+    if cfg.fingerprint and found and cfg.fingerprint != found:
+        raise ValueError(f"fingerprint: config says {cfg.fingerprint!r} but the embeddings were made by {found!r}")
+    params = {k: v for k, v in (("nprobe", cfg.nprobe), ("efSearch", cfg.ef_search)) if v is not None}
+    return build_sharded_index(
+        table, cfg.output, fingerprint=fingerprint, factory=cfg.factory, metric=cfg.metric,
+        num_shards=cfg.num_shards, train_sample=cfg.train_sample, shard_strategy=cfg.shard_strategy,
+        normalize=cfg.normalize, store_vectors=cfg.store_vectors, gallery_kind=side.get("kind", "unknown"),
+        search_defaults=params, seed=cfg.seed,
+        source={"embeddings": str(cfg.embeddings), "model": side.get("config", {}).get("model"),
+                "checkpoint": side.get("config", {}).get("checkpoint")},
+    )
