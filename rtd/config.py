@@ -487,13 +487,14 @@ def load_config(
     Args:
         preset_or_path: a shipped preset name (folder/name, no suffix) or a path to a YAML file.
         overrides: ``["optim.lr=1e-5", "rtd.refined_batch_sampling=false"]``.
-        cls: the config class; by default taken from the preset folder, or from a top-level ``kind:`` key.
+        cls: the config class; by default taken from a top-level ``config_kind:`` key (written by
+            :func:`dump_config`), else from the preset folder.
 
     Raises:
         ConfigError: unknown preset, unknown key (with the accepted keys), or an invalid value.
     """
     data, source = _read_yaml(preset_or_path)
-    kind = data.pop("kind", None)
+    kind = data.pop("config_kind", None)
     if cls is None:
         if kind is not None:
             cls = config_class_for(str(kind))  # type: ignore[assignment]
@@ -544,7 +545,7 @@ def dump_config(cfg: BaseModel, out_dir: str | os.PathLike[str], extra_info: dic
     """Write ``config.yaml`` (the resolved config) and ``run_info.json`` (git SHA, versions) into ``out_dir``."""
     out = Path(out_dir)
     kind = next((k for k, c in _CONFIG_CLASSES.items() if isinstance(cfg, c)), None)
-    payload = {"kind": kind, **cfg.model_dump(mode="json")} if kind else cfg.model_dump(mode="json")
+    payload = {"config_kind": kind, **cfg.model_dump(mode="json")} if kind else cfg.model_dump(mode="json")
     atomic_write_text(out / "config.yaml", yaml.safe_dump(payload, sort_keys=False))
     info = {"git_sha": _git_sha(), "versions": package_versions(), **(extra_info or {})}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2, default=str))

@@ -8,8 +8,9 @@ denominator runs over every other row (self excluded):
 
 ``infonce``: one direction (query -> target) cross-entropy over the targets.
 
-With ``world_size > 1`` and gathering on, other workers' rows join every denominator as negatives (gradients
-flow only through the local rows; DDP averages the gradients, so each rank's local mean is the right scale).
+With ``world_size > 1`` and gathering on, other workers' rows join every denominator as negatives; each rank averages
+over its own anchors and the gather is differentiable, so after DDP's gradient averaging the update equals that of
+one NT-Xent over the global batch.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import torch.nn.functional as F
 
 
 def gather_rows(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """All-gather ``x`` [n, D] from every rank -> [world_size * n, D]; the local block keeps its gradient."""
+    """All-gather ``x`` [n, D] from every rank -> [world_size * n, D], differentiably: the backward pass sums every
+    rank's gradient for a row into the rank that owns it. With DDP's gradient averaging, the parameter gradient then
+    equals that of the mean of the ranks' losses, i.e. of one loss over the global batch (tested)."""
     if world_size == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
-    return torch.cat(parts)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))
 
 
 def nt_xent(query: torch.Tensor, target: torch.Tensor, tau: float, *, rank: int = 0, world_size: int = 1,

@@ -336,11 +336,23 @@ def builtin_model_config_dir() -> str:
     return str(Path(__file__).resolve().parent.parent / "configs" / "models")
 
 
+def register_model_configs(extra_dir: str | None = None) -> None:
+    """Register rtd's shipped open_clip JSON configs (``rtd-tiny-clip``) and an optional extra folder."""
+    import open_clip
+
+    for d in filter(None, [builtin_model_config_dir(), extra_dir]):
+        if d not in _REGISTERED:
+            open_clip.add_model_config(d)
+            _REGISTERED.add(d)
+
+
+_REGISTERED: set[str] = set()
+
+
 def _check_open_clip_name(cfg: ModelConfig) -> None:
     import open_clip
 
-    for d in filter(None, [builtin_model_config_dir(), cfg.model_config_dir]):
-        open_clip.add_model_config(d)
+    register_model_configs(cfg.model_config_dir)
     if cfg.name not in open_clip.list_models():
         raise ModelLoadError(
             f"unknown open_clip model name {cfg.name!r}; accepted: {', '.join(open_clip.list_models())}"

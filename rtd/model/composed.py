@@ -156,7 +156,7 @@ def load_query_encoder_from_checkpoint(ckpt_dir: str | os.PathLike[str], device:
     if not (ckpt / MODEL_FILE).is_file() or not (ckpt / "config.yaml").is_file():
         raise FileNotFoundError(f"{ckpt} is not an rtd checkpoint (needs {MODEL_FILE} and config.yaml)")
     raw = yaml.safe_load((ckpt / "config.yaml").read_text())
-    raw.pop("kind", None)
+    raw.pop("config_kind", None)
     cfg = TrainConfig.model_validate(raw)
     model_cfg = cfg.model
     if load_image_tower is not None:
