@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -114,7 +114,7 @@ def create_api(backend, cfg) -> FastAPI:
         cfg: the serve config (limits, auth, default k).
 
     Returns:
-        The ASGI app, wrapped in :class:`BodyLimitMiddleware`.
+        The FastAPI app, with :class:`BodyLimitMiddleware` installed.
     """
     limits = cfg.limits
     manifest = backend.manifest
@@ -202,7 +202,8 @@ def create_api(backend, cfg) -> FastAPI:
         if mode == "text" and not (text and text.strip()):
             raise RequestError(422, "text", "give a reference, a non-empty text, or both")
         t = now_ms()
-        q = np.asarray(await backend.encode(item), np.float32).reshape(1, -1)
+        vec, checkpoint = await backend.encode(item)
+        q = np.asarray(vec, np.float32).reshape(1, -1)
         timings["encode"] = now_ms() - t
         k_fetch = k + (1 if exclude is not None else 0)
         t = now_ms()
@@ -226,9 +227,8 @@ def create_api(backend, cfg) -> FastAPI:
         timings["total"] = now_ms() - t_start
         for stage, ms in timings.items():
             backend.observe(stage, ms)
-        info = await backend.encoder_info()
         return SearchResponse(mode=mode, k=k, results=hits, timings_ms={s: round(v, 3) for s, v in timings.items()},
-                              index_version=manifest.index_version, checkpoint=info.get("checkpoint"))
+                              index_version=manifest.index_version, checkpoint=checkpoint)
 
     @app.post("/v1/search", response_model=SearchResponse, responses=_ERRORS, dependencies=auth,
               summary="Composed / text-only / reference-only search (JSON body)")
@@ -268,14 +268,34 @@ def create_api(backend, cfg) -> FastAPI:
              summary="A page of gallery items (from the first shard), to pick references")
     async def list_items(offset: int = Query(0, ge=0, le=10**9), limit: int = Query(20, ge=1, le=100)):
         recs = await backend.list_items(offset, limit)
-        return ItemsPage(items=[ItemResponse(id_str=str(r["id"]), **r) for r in recs if r])
+        return ItemsPage(items=[ItemResponse(id_str=str(r["id"]), has_image=image_path(r) is not None, **r)
+                                for r in recs if r])
 
     @app.get("/v1/items/{item_id}", response_model=ItemResponse, responses=_ERRORS, dependencies=auth)
     async def get_item(item_id: int = PathParam(..., ge=0, le=MAX_ID)):
         rec = await backend.get_item(item_id)
         if rec is None:
             raise RequestError(404, "item_id", f"no gallery item with id {item_id}", "not_found")
-        return ItemResponse(id_str=str(rec["id"]), **rec)
+        return ItemResponse(id_str=str(rec["id"]), has_image=image_path(rec) is not None, **rec)
+
+    image_root = Path(cfg.image_root).resolve() if cfg.image_root else None
+
+    def image_path(rec: dict[str, Any] | None) -> Path | None:
+        if image_root is None or rec is None:
+            return None
+        rel = (rec.get("metadata") or {}).get("path")
+        if not isinstance(rel, str) or not rel:
+            return None
+        p = (image_root / rel).resolve()
+        return p if p.is_relative_to(image_root) and p.is_file() else None  # never leave image_root
+
+    @app.get("/v1/items/{item_id}/image", response_class=FileResponse, dependencies=auth,
+             responses={200: {"content": {"image/*": {}}}, **_ERRORS}, summary="The gallery item's image file")
+    async def get_item_image(item_id: int = PathParam(..., ge=0, le=MAX_ID)):
+        p = image_path(await backend.get_item(item_id))
+        if p is None:
+            raise RequestError(404, "item_id", f"no image for gallery item {item_id}", "not_found")
+        return FileResponse(p)
 
     @app.get("/v1/info", response_model=InfoResponse, responses=_ERRORS, dependencies=auth)
     async def info():
@@ -304,4 +324,5 @@ def create_api(backend, cfg) -> FastAPI:
     async def index_page():
         return HTMLResponse(page)
 
-    return BodyLimitMiddleware(app, limits.max_body_bytes)  # type: ignore[return-value]
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    return app

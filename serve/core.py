@@ -154,7 +154,7 @@ class SearchBackend(Protocol):
 
     manifest: Any  # rtd.index.Manifest
 
-    async def encode(self, item: EncodeItem) -> np.ndarray: ...
+    async def encode(self, item: EncodeItem) -> tuple[np.ndarray, str | None]: ...
     async def search_shards(self, q: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, dict[int, Any]]]: ...
     async def get_item(self, item_id: int) -> dict[str, Any] | None: ...
     async def get_vector(self, item_id: int) -> np.ndarray | None: ...
@@ -218,8 +218,8 @@ class LocalBackend:
         )
         check_fingerprint(self.manifest, self.encoder.fingerprint, self.cfg.allow_fingerprint_mismatch)
 
-    async def encode(self, item: EncodeItem) -> np.ndarray:
-        return encode_items(self.encoder, [item])[0]
+    async def encode(self, item: EncodeItem) -> tuple[np.ndarray, str | None]:
+        return encode_items(self.encoder, [item])[0], self.encoder.checkpoint
 
     async def search_shards(self, q: np.ndarray, k: int):
         return [search_one_shard(s, q, k) for s in self.index.shards]
