@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from rtd.data.benchmarks import CIRBenchmark, CIRQueries, load_benchmark, load_image
 from rtd.data.benchmarks.fashioniq import FIQ_CATEGORIES, join_fiq_captions
 from rtd.data.benchmarks.genecis import GENECIS_SUBSETS, GeneCISBenchmark
-from rtd.data.benchmarks.text_proxy import DEFAULT_TEXT_PROXY_DIR, load_text_proxy
+from rtd.data.benchmarks.text_proxy import DEFAULT_TEXT_PROXY_DIR, load_text_proxy, resolve_text_proxy_dir
 from rtd.eval import metrics as M
 from rtd.eval import submission as S
 
@@ -78,7 +79,9 @@ class QueryEncoderProtocol(Protocol):
         """``[N, D]`` frozen image embeddings (phi's input)."""
         ...
 
-    def encode_queries(self, ref_emb: torch.Tensor | None, texts: list[str], template: str | None = None) -> torch.Tensor:
+    def encode_queries(
+        self, ref_emb: torch.Tensor | None, texts: list[str], template: str | None = None
+    ) -> torch.Tensor:
         """``[N, D]`` L2-normalised composed queries: ``template`` with ``$`` := phi(ref_emb), ``{}`` := text."""
         ...
 
@@ -106,6 +109,29 @@ def _batched(fn: Callable[[list[Any]], torch.Tensor], items: Sequence[Any], batc
     if not out:
         raise ValueError("nothing to encode")
     return torch.cat(out)
+
+
+# Frozen-encoder features (gallery captions, reference captions) keyed by (encoder fingerprint, kind, split,
+# count); only used when the encoder exposes a non-empty ``fingerprint`` string naming its frozen weights.
+_FROZEN_CACHE: "OrderedDict[tuple[Any, ...], torch.Tensor]" = OrderedDict()
+_FROZEN_CACHE_SIZE = 16
+
+
+def _cached_frozen(
+    encoder: Any, key: tuple[Any, ...], compute: Callable[[], torch.Tensor], use_cache: bool
+) -> torch.Tensor:
+    fingerprint = getattr(encoder, "fingerprint", None)
+    if not use_cache or not isinstance(fingerprint, str) or not fingerprint:
+        return compute()
+    full_key = (fingerprint, *key)
+    if full_key in _FROZEN_CACHE:
+        _FROZEN_CACHE.move_to_end(full_key)
+        return _FROZEN_CACHE[full_key]
+    value = compute()
+    _FROZEN_CACHE[full_key] = value
+    while len(_FROZEN_CACHE) > _FROZEN_CACHE_SIZE:
+        _FROZEN_CACHE.popitem(last=False)
+    return value
 
 
 def _unique(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -251,6 +277,7 @@ def evaluate_text_proxy(
     template: str | None = None,
     fiq_two_orders: bool = False,
     tie_modes: Sequence[str] = ("expected",),
+    cache_frozen: bool = True,
 ) -> dict[str, float]:
     """Evaluate an encoder's composed queries on the text proxy.
 
@@ -274,20 +301,30 @@ def evaluate_text_proxy(
         template: composed prompt; None = the encoder's default (``"a photo of $ that {}"``).
         fiq_two_orders: see above.
         tie_modes: any of ``expected`` (default), ``optimistic``, ``pessimistic``.
+        cache_frozen: keep the frozen gallery and reference-caption features in memory between calls (repeated
+            validation during training) when the encoder has a ``fingerprint`` string; they come from the
+            frozen encoder, so only the query side is recomputed.
 
     Returns:
         ``{key: value x100}``, e.g. ``cirr_recall@10``, ``cirr_recall_subset@1``, ``fiq_dress_recall@10``.
     """
     out: dict[str, float] = {}
     cats: list[str] = []
+    source = str(resolve_text_proxy_dir(data_dir).resolve())
     for name in _proxy_splits(split):
         t0 = time.perf_counter()
         bench = _load_proxy(name, data_dir, max_queries)
         refs_u, ref_inv = _unique(bench.queries.reference_captions or [])
-        ref_emb = _batched(encoder.encode_reference_texts, refs_u, batch_size)  # [R, D]
+        ref_emb = _cached_frozen(
+            encoder, ("ref", source, name, len(bench.queries), len(refs_u)),
+            lambda: _batched(encoder.encode_reference_texts, refs_u, batch_size), cache_frozen,
+        )  # [R, D]
         q = _composed_query_features(encoder, bench, ref_emb, ref_inv, template, fiq_two_orders, batch_size)
         caps_u, cap_inv = _unique(bench.gallery.captions or [])
-        g = F.normalize(_batched(encoder.encode_gallery_texts, caps_u, batch_size), dim=-1)  # [U, D]
+        g = _cached_frozen(
+            encoder, ("gallery", source, name, len(caps_u)),
+            lambda: F.normalize(_batched(encoder.encode_gallery_texts, caps_u, batch_size), dim=-1), cache_frozen,
+        )  # [U, D]
         out.update(_gallery_metrics(bench, q, g, cap_inv, tie_modes))
         if bench.name.startswith("fiq_"):
             cats.append(bench.name)
@@ -427,7 +464,9 @@ def run_proxy_baselines(
     if include_tfidf:
         try:
             for builder in ("concat", "mod_only"):
-                results[f"tfidf_{builder}"] = evaluate_text_proxy_tfidf(split, builder, data_dir, max_queries, tie_modes)
+                results[f"tfidf_{builder}"] = evaluate_text_proxy_tfidf(
+                    split, builder, data_dir, max_queries, tie_modes
+                )
         except ImportError as e:
             logger.warning("skipping the TF-IDF baseline: %s", e)
     return results
@@ -575,7 +614,9 @@ def _write_submission(
         S.validate_circo_submission(path, expected_query_ids=qs.ids)
         logger.info("wrote %s", path)
     else:
-        recall_path, subset_path = S.write_cirr_submission(qs.ids, top50, top3 or [], out_dir, prefix=f"cirr_{bench.split}")
+        recall_path, subset_path = S.write_cirr_submission(
+            qs.ids, top50, top3 or [], out_dir, prefix=f"cirr_{bench.split}"
+        )
         S.validate_cirr_submission(recall_path, "recall", expected_pairids=qs.ids,
                                    references=dict(zip(qs.ids, qs.reference_ids)))
         S.validate_cirr_submission(subset_path, "recall_subset", expected_pairids=qs.ids,

@@ -321,7 +321,9 @@ def fashioniq_metrics(
     return fashioniq_metrics_from_stats(target_rank_stats(scores, target_idx, None, group_ids), category, tie_modes)
 
 
-def fashioniq_average(metrics: Mapping[str, float], categories: Sequence[str] = ("dress", "shirt", "toptee")) -> dict[str, float]:
+def fashioniq_average(
+    metrics: Mapping[str, float], categories: Sequence[str] = ("dress", "shirt", "toptee")
+) -> dict[str, float]:
     """``fiq_avg_recall@K[suffix]``: the arithmetic mean over ``categories`` of every per-category recall key.
 
     Only keys present for all categories are averaged.

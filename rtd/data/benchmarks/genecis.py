@@ -144,7 +144,8 @@ def _entry(entry: Any, path: Path, where: str, is_attribute: bool, vg_dir: Path,
         bbox = require(entry, "instance_bbox", path, where, (list, tuple))
         if len(bbox) != 4:
             raise BenchmarkFormatError(f"{path}: {where} key 'instance_bbox' must have 4 numbers [x, y, w, h]")
-        return GeneCISImage(str(image_id), vg_dir / f"{image_id}.jpg", tuple(float(v) for v in bbox))  # type: ignore[arg-type]
+        box = (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
+        return GeneCISImage(str(image_id), vg_dir / f"{image_id}.jpg", box)
     image_id = require(entry, "val_image_id", path, where, (int, str))
     return GeneCISImage(str(image_id), coco_dir / f"{int(image_id):012d}.jpg")
 

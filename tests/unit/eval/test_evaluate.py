@@ -138,6 +138,18 @@ def test_text_proxy_cirr_by_hand(proxy_dir):
     assert base == pytest.approx({k: v for k, v in out.items() if not k.endswith("_pess")})
 
 
+def test_frozen_features_cached_by_fingerprint(proxy_dir):
+    enc = FakeTextEncoder()
+    enc.fingerprint = "fake-frozen-v1"
+    first = evaluate_text_proxy(enc, "cirr_val", data_dir=proxy_dir)
+    second = evaluate_text_proxy(enc, "cirr_val", data_dir=proxy_dir)
+    assert first == second
+    assert len(enc.calls["gallery"]) == 1 and len(enc.calls["ref"]) == 1  # frozen sides encoded once
+    assert len(enc.calls["query"]) == 2  # queries every time (the trained tower changes)
+    evaluate_text_proxy(enc, "cirr_val", data_dir=proxy_dir, cache_frozen=False)
+    assert len(enc.calls["gallery"]) == 2
+
+
 def test_text_proxy_template_and_max_queries(proxy_dir):
     enc = FakeTextEncoder(ref_weight=1.0)
     out = evaluate_text_proxy(enc, "cirr_val", data_dir=proxy_dir, max_queries=2, template="X $ {}", batch_size=1)

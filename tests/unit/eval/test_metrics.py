@@ -38,7 +38,8 @@ def test_expected_tie_rule_by_hand():
     s = np.array([[0.9, 0.5, 0.5, 0.5, 0.1]])
     st_ = M.target_rank_stats(s, [1])
     assert (st_.higher[0], st_.tied[0]) == (1, 2)
-    assert [M.recall_from_stats(st_, k)[0] for k in (1, 2, 3, 4)] == [approx(0), approx(1 / 3), approx(2 / 3), approx(1)]
+    got = [M.recall_from_stats(st_, k)[0] for k in (1, 2, 3, 4)]
+    assert got == [approx(0), approx(1 / 3), approx(2 / 3), approx(1)]
     # optimistic: target first among ties -> rank 2; pessimistic: last -> rank 4.
     assert [M.recall_from_stats(st_, k, "optimistic")[0] for k in (1, 2, 3, 4)] == [0, 1, 1, 1]
     assert [M.recall_from_stats(st_, k, "pessimistic")[0] for k in (1, 2, 3, 4)] == [0, 0, 0, 1]
