@@ -372,11 +372,64 @@ class ServeConfig(StrictModel):
     allow_fingerprint_mismatch: bool = False
     auth_token: str | None = None
     auth_token_env: str | None = "RTD_SERVE_TOKEN"
+    # Folder that item metadata ``path`` values are relative to; enables GET /v1/items/{id}/image (None = off).
+    image_root: str | None = None
     batching: ServeBatchingConfig = ServeBatchingConfig()
     limits: ServeLimitsConfig = ServeLimitsConfig()
     encoder: ServeResourcesConfig = ServeResourcesConfig()
     searcher: ServeResourcesConfig = ServeResourcesConfig()
     ingress: ServeResourcesConfig = ServeResourcesConfig()
+
+
+# --------------------------------------------------------------------------------------------------- tune
+
+
+class LogUniform(StrictModel):
+    loguniform: tuple[float, float]
+
+
+class Uniform(StrictModel):
+    uniform: tuple[float, float]
+
+
+class Choice(StrictModel):
+    choice: list[Any]
+
+
+class Grid(StrictModel):
+    grid: list[Any]
+
+
+SearchDim = LogUniform | Uniform | Choice | Grid
+
+
+class AshaConfig(StrictModel):
+    enabled: bool = True
+    grace_period: int = Field(1, ge=1)  # in validation reports
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TuneConfig(StrictModel):
+    """A Ray Tune sweep over a training preset.
+
+    search: dotted training-config paths -> a search dimension, e.g.
+    ``{"loss.tau": {"choice": [0.03, 0.07]}, "optim.lr": {"loguniform": [1e-6, 1e-4]}}``. Every key must be a
+    valid ``TrainConfig`` path and every sampled value must validate (checked before any trial starts).
+    """
+
+    base: str = "train/minilm_ip2p"
+    overrides: list[str] = Field(default_factory=list)
+    search: dict[str, SearchDim] = Field(default_factory=dict)
+    metric: str = "val/cirr_recall@10"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(1, ge=1)
+    search_alg: Literal["random", "optuna"] = "random"
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    cpus_per_trial_driver: float = Field(0.1, gt=0)
+    scheduler: AshaConfig = AshaConfig()
+    name: str = "rtd_sweep"
+    storage_path: str = "runs/tune"
+    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -555,3 +608,4 @@ def dump_config(cfg: BaseModel, out_dir: str | os.PathLike[str], extra_info: dic
 register_config_class("gallery", GalleryEmbedConfig)
 register_config_class("index", IndexConfig)
 register_config_class("serve", ServeConfig)
+register_config_class("tune", TuneConfig)
