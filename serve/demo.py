@@ -49,7 +49,9 @@ def write_images(folder: Path, n: int) -> list[Path]:
     for i in range(n):
         shape = SHAPES[i % len(SHAPES)]
         fg = names[(i // len(SHAPES)) % len(names)]
-        bg = names[(i // (len(SHAPES) * len(names)) + 3) % len(names)]
+        bg = names[(i // len(SHAPES) + 3 + i // (len(SHAPES) * len(names))) % len(names)]
+        if bg == fg:
+            bg = "white" if fg != "white" else "black"
         p = folder / f"{i:04d}_{fg}_{shape}_on_{bg}.png"
         draw(shape, COLORS[fg], COLORS[bg]).save(p)
         paths.append(p)
