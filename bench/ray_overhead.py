@@ -1,0 +1,98 @@
+"""Ray Train + Ray Data vs the plain-PyTorch loop: same model, batch, steps and data.
+
+    source scripts/env.sh
+    python bench/ray_overhead.py --model tiny --steps 40 --batch-size 16
+    python bench/ray_overhead.py --model minilm --steps 30 --batch-size 16
+
+Prints steady-state samples/s (median of the report windows after the first, so start-up and warm-up are
+excluded) and the end-to-end wall time of each, and their ratios. The Ray run uses 1 worker (the same compute per
+step as the plain loop); ``--workers 2`` adds a DDP run (on a 2-core box it cannot be faster, ENV.md 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+MODELS = {
+    "tiny": {"backend": "open_clip", "name": "rtd-tiny-clip", "pretrained": None},
+    "minilm": {"backend": "hf_text", "name": "minilm", "context_length": 64},
+}
+DATA = "data/text_proxy/ip2p.triplets.jsonl.gz"
+
+
+def _cfg(model: str, steps: int, batch: int, workers: int, storage: Path, name: str):
+    from rtd.config import TrainConfig, validate_config
+
+    return validate_config(TrainConfig, {
+        "model": MODELS[model], "projector": {"kind": "phi"},
+        "data": {"paths": [str(Path(DATA).resolve())], "batch_size": batch, "cache_dir": str(storage / name / "cache")},
+        "run": {"name": name, "storage_path": str(storage), "steps": steps, "log_every": 5,
+                "checkpoint_every": steps},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
+    })
+
+
+def _steady(rows: list[dict], key: str = "train/samples_per_s") -> float:
+    vals = [r[key] for r in rows[1:] if key in r] or [r[key] for r in rows if key in r]
+    return statistics.median(vals)
+
+
+def plain(model: str, steps: int, batch: int, storage: Path) -> dict:
+    from rtd.ray_adapters.cache import build_bundle
+    from rtd.train.loop import RunContext, fit
+
+    cfg = _cfg(model, steps, batch, 1, storage, "plain")
+    t0 = time.perf_counter()
+    bundle = build_bundle(cfg.model, cfg.prompts.placeholder, cfg.run.seed)
+    fit(cfg, RunContext(bundle=bundle, run_dir=storage / "plain"))
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (storage / "plain" / "metrics.jsonl").read_text().splitlines()]
+    return {"samples_per_s": _steady(rows), "wall_s": wall}
+
+
+def on_ray(model: str, steps: int, batch: int, workers: int, storage: Path) -> dict:
+    from rtd.ray_adapters.train import run_training
+
+    cfg = _cfg(model, steps, batch, workers, storage, f"ray{workers}")
+    t0 = time.perf_counter()
+    run_training(cfg)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (storage / f"ray{workers}" / "metrics.jsonl").read_text().splitlines()]
+    return {"samples_per_s": _steady(rows, "train/samples_per_s_total"), "wall_s": wall,
+            "data_wait_frac": statistics.median(r["train/data_wait_frac"] for r in rows[1:] or rows)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, nargs="*", default=[1])
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    storage = Path(tempfile.mkdtemp(prefix="rtd-bench-ray-"))
+    base = plain(args.model, args.steps, args.batch_size, storage)
+    ray.init(num_cpus=2, object_store_memory=512 * 2**20, log_to_driver=False)
+    print(f"model={args.model} steps={args.steps} batch={args.batch_size} data={DATA}")
+    print(f"plain fit      : {base['samples_per_s']:8.1f} samples/s steady | wall {base['wall_s']:6.1f}s")
+    for w in args.workers:
+        r = on_ray(args.model, args.steps, args.batch_size, w, storage)
+        print(f"Ray {w} worker(s): {r['samples_per_s']:8.1f} samples/s steady | wall {r['wall_s']:6.1f}s | "
+              f"data-wait {r['data_wait_frac']:.1%}")
+        print(f"  ratio Ray/plain: throughput x{r['samples_per_s'] / base['samples_per_s']:.2f}, "
+              f"wall x{r['wall_s'] / base['wall_s']:.2f} (fixed start-up {r['wall_s'] - base['wall_s']:.1f}s)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
