@@ -2,7 +2,7 @@
 
 Submit to a running cluster (from the repository root):
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+    ray job submit --address http://127.0.0.1:8265 --runtime-env runtime_env.yaml -- \
         python jobs/embed_gallery.py --config gallery/tiny_images source=/data/gallery/images \
         output=/data/gallery/embeddings
 

@@ -52,8 +52,9 @@ def _error(status: int, field: str | None, message: str, code: str = "invalid_re
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413, by Content-Length up front and by counting while the
-    body streams (chunked uploads), before any route parses it."""
+    """Refuse request bodies over ``max_bytes`` with 413 before any route parses them: by Content-Length up
+    front, and for chunked or mis-declared bodies by reading (at most ``max_bytes + 1`` bytes) first and then
+    replaying the buffered body to the app."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -61,9 +62,8 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
         too_big = _error(413, "body", f"request body exceeds max_body_bytes={self.max_bytes}", "too_large")
+        length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None:
             try:
                 n = int(length)
@@ -71,32 +71,22 @@ class BodyLimitMiddleware:
                 return await _error(400, "content-length", "invalid Content-Length header")(scope, receive, send)
             if n > self.max_bytes:
                 return await too_big(scope, receive, send)
-        seen = 0
-        started = False
-
-        class _TooLarge(Exception):
-            pass
-
-        async def limited_receive():
-            nonlocal seen
+        messages, seen = [], 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return msg
+            messages.append(msg)
+            if msg["type"] != "http.request":
+                break  # http.disconnect: let the app see it
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                return await too_big(scope, receive, send)
+            if not msg.get("more_body", False):
+                break
 
-        async def tracking_send(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
+        async def replay():
+            return messages.pop(0) if messages else await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await too_big(scope, receive, send)
+        await self.app(scope, replay, send)
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -78,6 +78,16 @@ class QueryEncoder:
         self._apply_batching()
         self.batch_hist = metrics.Histogram("rtd_encoder_batch_size", description="QueryEncoder batch sizes",
                                             boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # The first forward pass of a fresh process is ~100x slower (allocator, kernels); pay it before traffic.
+        from PIL import Image
+
+        dim = int(self.encoder.embed_dim)
+        encode_items(self.encoder, [EncodeItem(text="warm up"),
+                                    EncodeItem(text="warm up", ref=np.ones(dim, np.float32)),
+                                    EncodeItem(image=Image.new("RGB", (32, 32)))])
 
     def _model_section(self, checkpoint: str | None) -> dict[str, Any]:
         if checkpoint:
@@ -131,6 +141,12 @@ class QueryEncoder:
 
     def info(self) -> dict[str, Any]:
         return {**encoder_info(self.encoder, self.model_section), "batching": dict(self.batching)}
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: the encoder must still produce a finite query vector."""
+        v = encode_items(self.encoder, [EncodeItem(text="health")])[0]
+        if not np.isfinite(v).all():
+            raise RuntimeError("QueryEncoder produced a non-finite vector")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)

@@ -2,7 +2,7 @@
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``); skipped cleanly when it is absent. The app is the
 real FastAPI app over the in-process backend (no Ray), served by uvicorn on a free loopback port. The screenshot
-is kept as a test artifact in ``$RTD_ARTIFACTS_DIR`` (default: the test's tmp dir).
+is kept as a test artifact in ``$RTD_ARTIFACTS_DIR`` (default: ``test-artifacts/`` at the repository root).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_page_runs_a_query_and_renders_results(server, tmp_path):
     assert 'class="hit"' in html and "mode text" in html, html[-3000:]
     assert "timings (ms)" in html
 
-    out_dir = Path(os.environ.get("RTD_ARTIFACTS_DIR", tmp_path))
+    out_dir = Path(os.environ.get("RTD_ARTIFACTS_DIR", Path(__file__).resolve().parents[2] / "test-artifacts"))
     out_dir.mkdir(parents=True, exist_ok=True)
     shot = out_dir / "serve_page.png"
     res = _chromium(f"--screenshot={shot}", url)
