@@ -208,7 +208,7 @@ class ScalingConfig(StrictModel):
 class ValidationConfig(StrictModel):
     """Validation during training. ``benchmark``: a text-proxy split (``cirr_val``, ``fiq_val``) or ``none``."""
 
-    benchmark: Literal["none", "cirr_val", "fiq_val", "cirr_val_sub"] = "none"
+    benchmark: Literal["none", "cirr_val", "fiq_val", "cirr_val_sub", "cirr_trainsel", "all"] = "none"
     every: int = Field(100, ge=1)
     metric: str = "val/cirr_recall@10"
     mode: Literal["max", "min"] = "max"
@@ -405,7 +405,7 @@ SearchDim = LogUniform | Uniform | Choice | Grid
 
 class AshaConfig(StrictModel):
     enabled: bool = True
-    grace_period: int = Field(1, ge=1)  # in validation reports
+    grace_period: int = Field(100, ge=1)  # training steps a trial runs before ASHA may stop it
     reduction_factor: float = Field(2.0, gt=1)
 
 

@@ -61,6 +61,7 @@ TEXT_PROXY_EVAL_SPLITS = (
     "fiq_val_dress",
     "fiq_val_shirt",
     "fiq_val_toptee",
+    "cirr_trainsel",
     "all",
 )
 # cirr_val_sub: every CIRR_SUB_STRIDE-th CIRR val query (1,046 of 4,181), for fast validation during training.

@@ -208,7 +208,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def build_trainer(cfg: TrainConfig | PhiTrainConfig, datasets: dict[str, Any], runtime: dict[str, Any]):
+def build_trainer(cfg: TrainConfig | PhiTrainConfig, datasets: dict[str, Any], runtime: dict[str, Any],
+                  extra_callbacks: list[Any] | None = None):
     """A ``TorchTrainer`` for ``cfg`` over ``datasets`` (``{"train": Dataset}``).
 
     ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_worker, "GPU": ...},
@@ -233,7 +234,7 @@ def build_trainer(cfg: TrainConfig | PhiTrainConfig, datasets: dict[str, Any], r
     run_config = ray.train.RunConfig(
         name=cfg.run.name, storage_path=cfg.run.storage_path, checkpoint_config=ckpt,
         failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
-        callbacks=[MetricsCallback(run_dir_of(cfg), cfg.run.steps)])
+        callbacks=[MetricsCallback(run_dir_of(cfg), cfg.run.steps), *(extra_callbacks or [])])
     data_config = ray.train.DataConfig(datasets_to_split=["train"])
     return TorchTrainer(train_fn_per_worker, train_loop_config=worker_payload(cfg, runtime), scaling_config=scaling,
                         run_config=run_config, datasets=datasets, dataset_config=data_config)
@@ -255,6 +256,9 @@ def prepare_data(cfg: TrainConfig | PhiTrainConfig, fingerprint: str | None = No
         BadRowError: ``data.on_bad_rows=fail`` and a bad row exists (file and row named).
         ValueError: fewer valid rows than one global batch.
     """
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # one line per report is the progress output
     is_rtd = isinstance(cfg, TrainConfig)
     fields = triplet_fields(cfg.data.fields) if is_rtd else {"caption": cfg.data.fields.reference}
     t0 = time.perf_counter()

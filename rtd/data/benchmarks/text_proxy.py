@@ -41,7 +41,7 @@ __all__ = [
     "load_text_proxy",
 ]
 
-TEXT_PROXY_SPLITS = ("cirr_val", "fiq_val_dress", "fiq_val_shirt", "fiq_val_toptee")
+TEXT_PROXY_SPLITS = ("cirr_val", "fiq_val_dress", "fiq_val_shirt", "fiq_val_toptee", "cirr_trainsel")
 # name -> file; each row holds the fields named in the file name's kind (triplets / captions).
 TRAINING_FILES = {
     "cirr_train": "cirr_train.triplets.jsonl.gz",
@@ -148,6 +148,8 @@ def _split_parts(split: str) -> tuple[str, str]:
         raise ValueError(f"unknown text-proxy split {split!r}; available: {', '.join(TEXT_PROXY_SPLITS)}")
     if split == "cirr_val":
         return "cirr", "cirr"
+    if split == "cirr_trainsel":  # model-selection split from held-out CIRR train triplets
+        return "cirr", "cirr_trainsel"
     return "fiq", "fiq_" + split[len("fiq_val_"):]
 
 
