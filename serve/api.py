@@ -302,13 +302,15 @@ def create_api(backend, cfg) -> FastAPI:
     async def healthz():
         try:
             shards = await backend.health()
+            enc = await backend.encoder_info()  # the encoder answers too (and its handle is warm afterwards)
         except Exception as e:  # noqa: BLE001 - any shard failure means "not ready"
             raise RequestError(503, None, f"index not ready: {type(e).__name__}: {e}", "unavailable") from e
         ntotal = sum(int(s["ntotal"]) for s in shards)
         if len(shards) != manifest.num_shards or ntotal != manifest.ntotal:
             raise RequestError(503, None, f"{len(shards)}/{manifest.num_shards} shards, {ntotal}/{manifest.ntotal} "
                                           "vectors loaded", "unavailable")
-        return HealthResponse(status="ok", index_version=manifest.index_version, ntotal=ntotal, shards=shards)
+        return HealthResponse(status="ok", index_version=manifest.index_version, ntotal=ntotal, shards=shards,
+                              encoder={"checkpoint": enc.get("checkpoint"), "fingerprint": enc.get("fingerprint")})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page():

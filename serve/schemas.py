@@ -118,6 +118,7 @@ class HealthResponse(BaseModel):
     index_version: str
     ntotal: int
     shards: list[dict[str, Any]]
+    encoder: dict[str, Any] = Field(default_factory=dict, description="checkpoint and fingerprint of the encoder")
 
 
 class ErrorDetail(BaseModel):
