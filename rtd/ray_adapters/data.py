@@ -464,15 +464,27 @@ class RayBatchSource:
                        reference_ids=_t(b["r_ids"]), reference_mask=_t(b["r_mask"]))
         return out
 
+    def _collate_fn(self):
+        from ray.data.collate_fn import NumpyBatchCollateFn
+
+        source = self
+
+        class _Collate(NumpyBatchCollateFn):
+            def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+                return source._collate(batch)
+
+        return _Collate()
+
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         epoch, skip = divmod(start_step, self.per_epoch)
+        collate = self._collate_fn()
         while True:
             kw: dict[str, Any] = {}
             if self.shuffle_buffer:
                 kw = {"local_shuffle_buffer_size": self.shuffle_buffer,
                       "local_shuffle_seed": (self.seed * 1_000_003 + epoch * 1009 + self.rank) % 2**31}
             n = 0
-            for batch in self.shard.iter_torch_batches(batch_size=self.B, drop_last=True, collate_fn=self._collate,
+            for batch in self.shard.iter_torch_batches(batch_size=self.B, drop_last=True, collate_fn=collate,
                                                        prefetch_batches=self.prefetch, **kw):
                 if n >= self.per_epoch:
                     break  # equal splits: never more, but never run past the epoch length either
