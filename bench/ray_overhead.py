@@ -44,12 +44,13 @@ def _steady(rows: list[dict], key: str = "train/samples_per_s") -> float:
 
 
 def plain(model: str, steps: int, batch: int, storage: Path) -> dict:
+    from rtd.model.backends import MODEL_INIT_SEED
     from rtd.ray_adapters.cache import build_bundle
     from rtd.train.loop import RunContext, fit
 
     cfg = _cfg(model, steps, batch, 1, storage, "plain")
     t0 = time.perf_counter()
-    bundle = build_bundle(cfg.model, cfg.prompts.placeholder, cfg.run.seed)
+    bundle = build_bundle(cfg.model, cfg.prompts.placeholder, MODEL_INIT_SEED)
     fit(cfg, RunContext(bundle=bundle, run_dir=storage / "plain"))
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (storage / "plain" / "metrics.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 
 from rtd.config import FieldMap
 
-BAD_ROW_REASONS = ("missing", "empty", "non_string", "too_long")
+BAD_ROW_REASONS = ("missing", "empty", "non_string", "too_long", "malformed")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def load_triplets(paths: Iterable[str], fields: FieldMap = FieldMap(), fmt: str 
         for i, row in iter_rows(path, fmt):
             stats.read += 1
             if "__error__" in row:
-                reason, name = "missing", "<row>"
+                reason, name = "malformed", "<row>"
             else:
                 trip, reason, name = validate_row(row, fields, max_chars)
                 if trip is not None:
@@ -147,7 +147,8 @@ def load_triplets(paths: Iterable[str], fields: FieldMap = FieldMap(), fmt: str 
                     out.append(trip)
                     continue
             if on_bad_rows == "fail":
-                raise BadRowError(f"{path} row {i}: field {name!r} is {reason} ({row.get('__error__', '')})".strip())
+                detail = f" ({row['__error__']})" if "__error__" in row else ""
+                raise BadRowError(f"{path} row {i}: field {name!r} is {reason}{detail}")
             stats.bad[reason] += 1
     return out, stats
 

@@ -30,6 +30,10 @@ from rtd.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
+# Seed of randomly initialised weights (``pretrained=None``): every process building the same config gets the same
+# frozen tower and fingerprint (training workers, the cache filler, evaluation, gallery embedding, Serve).
+MODEL_INIT_SEED = 0
+
 MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -436,18 +440,27 @@ def _build_hf_text(cfg: ModelConfig, placeholder: str) -> EncoderBundle:
     return EncoderBundle(cfg, tok, text, None, None, normalize, _fingerprint(cfg, text))
 
 
-def build_encoders(cfg: ModelConfig, placeholder: str = "$", device: str | torch.device = "cpu") -> EncoderBundle:
-    """Build the frozen towers, tokenizer and preprocessing of ``cfg.backend``; load ``cfg.text_checkpoint``?
+def build_encoders(cfg: ModelConfig, placeholder: str = "$", device: str | torch.device = "cpu",
+                   init_seed: int = MODEL_INIT_SEED) -> EncoderBundle:
+    """Build the frozen towers, tokenizer and preprocessing of ``cfg.backend``.
 
     The frozen text tower always keeps the pretrained weights (psi_T^0). A trained text checkpoint is loaded by
     the caller into :meth:`EncoderBundle.trainable_copy` (see ``rtd.model.checkpoint.load_text_tower``).
+
+    Args:
+        init_seed: seed for any randomly initialised weights (``pretrained=None``): same config + seed = same
+            weights and fingerprint in every process.
 
     Raises:
         ModelLoadError: unknown model name / pretrained tag (the message lists the accepted ones), or a model
             that cannot be loaded.
     """
     builders = {"open_clip": _build_open_clip, "hf_clip": _build_hf_clip, "hf_text": _build_hf_text}
-    bundle = builders[cfg.backend](cfg, placeholder)
+    # Random-init weights (tests, benchmarks) come from ``init_seed``, so every process that builds the same config
+    # gets the same frozen tower and fingerprint; the caller's RNG stream is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        bundle = builders[cfg.backend](cfg, placeholder)
     bundle.text.to(device)
     if bundle.image is not None:
         bundle.image.to(device)

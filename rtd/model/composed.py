@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from rtd.config import ModelConfig, PromptConfig, ProjectorConfig, TrainConfig
-from rtd.model.backends import EncoderBundle, TextTower, build_encoders
+from rtd.model.backends import MODEL_INIT_SEED, EncoderBundle, TextTower, build_encoders
 from rtd.model.checkpoint import MODEL_FILE, PHI_FILE, load_text_tower
 from rtd.model.projector import build_projector, load_projector_state
 
@@ -136,11 +136,11 @@ class ComposedQueryEncoder(nn.Module):
 
 def build_query_encoder(model_cfg: ModelConfig, projector_cfg: ProjectorConfig, prompts: PromptConfig | None = None,
                         device: str | torch.device = "cpu", text_checkpoint: str | None = None,
-                        bundle: EncoderBundle | None = None) -> ComposedQueryEncoder:
+                        bundle: EncoderBundle | None = None, init_seed: int = MODEL_INIT_SEED) -> ComposedQueryEncoder:
     """Build the composed-query encoder; ``text_checkpoint`` (or ``model_cfg.text_checkpoint``) swaps in a
     trained text tower, else the frozen tower encodes queries (the base method)."""
     prompts = prompts or PromptConfig()
-    bundle = bundle or build_encoders(model_cfg, placeholder=prompts.placeholder, device=device)
+    bundle = bundle or build_encoders(model_cfg, placeholder=prompts.placeholder, device=device, init_seed=init_seed)
     phi = build_projector(projector_cfg, bundle.embed_dim, bundle.token_dim).to(device).eval()
     enc = ComposedQueryEncoder(bundle, bundle.text, phi, prompts)
     ckpt = text_checkpoint or model_cfg.text_checkpoint
@@ -150,7 +150,8 @@ def build_query_encoder(model_cfg: ModelConfig, projector_cfg: ProjectorConfig, 
 
 
 def load_query_encoder_from_checkpoint(ckpt_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
-                                       load_image_tower: bool | None = None) -> ComposedQueryEncoder:
+                                       load_image_tower: bool | None = None,
+                                       init_seed: int = MODEL_INIT_SEED) -> ComposedQueryEncoder:
     """Build the encoder a training run used, from its checkpoint dir (``config.yaml`` + weights + phi)."""
     ckpt = Path(ckpt_dir)
     if not (ckpt / MODEL_FILE).is_file() or not (ckpt / "config.yaml").is_file():
@@ -162,7 +163,8 @@ def load_query_encoder_from_checkpoint(ckpt_dir: str | os.PathLike[str], device:
     if load_image_tower is not None:
         model_cfg = model_cfg.model_copy(update={"load_image_tower": load_image_tower})
     proj_cfg = cfg.projector.model_copy(update={"checkpoint": None})
-    enc = build_query_encoder(model_cfg.model_copy(update={"text_checkpoint": None}), proj_cfg, cfg.prompts, device)
+    enc = build_query_encoder(model_cfg.model_copy(update={"text_checkpoint": None}), proj_cfg, cfg.prompts, device,
+                              init_seed=init_seed)
     if (ckpt / PHI_FILE).is_file():
         load_projector_state(enc.phi, ckpt / PHI_FILE, cfg.projector.kind)
     elif cfg.projector.checkpoint:

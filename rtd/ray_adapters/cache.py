@@ -27,12 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_bundle(model: ModelConfig, placeholder: str, init_seed: int, device: str | torch.device = "cpu"):
-    """``build_encoders`` under ``torch.manual_seed(init_seed)`` without disturbing the caller's RNG."""
+    """``build_encoders`` with random-init weights drawn from ``init_seed`` (the caller's RNG is untouched)."""
     from rtd.model.backends import build_encoders
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        return build_encoders(model, placeholder, device=device)
+    return build_encoders(model, placeholder, device=device, init_seed=init_seed)
 
 
 def frozen_fingerprint(model: ModelConfig, placeholder: str, init_seed: int) -> str:

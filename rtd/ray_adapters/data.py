@@ -61,9 +61,9 @@ logger = logging.getLogger(__name__)
 
 # CPUs per Ray Data read / map task: small, so Data never starves next to fractional-CPU Train workers.
 DATA_TASK_CPUS = 0.25
-# Reason for a line that is not a JSON object (counted beside BAD_ROW_REASONS).
+# Reason for a line that is not a JSON object (one of BAD_ROW_REASONS).
 MALFORMED = "malformed"
-ALL_REASONS = (*BAD_ROW_REASONS, MALFORMED)
+ALL_REASONS = BAD_ROW_REASONS
 _FILE_EXTENSIONS = ["jsonl", "json", "parquet", "csv", "txt", "gz"]
 _ROWS_PER_BLOCK = 1024
 

@@ -62,15 +62,19 @@ def build_frozen_encoder(
     """
     import torch
 
+    from rtd.model.backends import MODEL_INIT_SEED
     from rtd.model.composed import build_query_encoder, load_query_encoder_from_checkpoint
 
     with torch.random.fork_rng(devices=[]):
         if init_seed is not None:
             torch.manual_seed(init_seed)
+        seed = MODEL_INIT_SEED if init_seed is None else init_seed
         if checkpoint:
-            return load_query_encoder_from_checkpoint(checkpoint, device=device, load_image_tower=load_image_tower)
+            return load_query_encoder_from_checkpoint(checkpoint, device=device, load_image_tower=load_image_tower,
+                                                      init_seed=seed)
         m = model.model_copy(update={"load_image_tower": load_image_tower}) if load_image_tower else model
-        return build_query_encoder(m, projector or ProjectorConfig(), prompts or PromptConfig(), device=device)
+        return build_query_encoder(m, projector or ProjectorConfig(), prompts or PromptConfig(), device=device,
+                                   init_seed=seed)
 
 
 def _read_table(path: Path):

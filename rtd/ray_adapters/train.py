@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from rtd.model.backends import MODEL_INIT_SEED
 from rtd.config import PhiTrainConfig, TrainConfig, atomic_write_text, dump_config
 from rtd.ray_adapters.data import (
     DATA_TASK_CPUS,
@@ -149,7 +150,7 @@ def train_fn_per_worker(cfg_dict: dict[str, Any]) -> None:
     if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     is_rtd = isinstance(cfg, TrainConfig)
-    bundle = build_bundle(cfg.model, cfg.prompts.placeholder, cfg.run.seed, device=device)
+    bundle = build_bundle(cfg.model, cfg.prompts.placeholder, MODEL_INIT_SEED, device=device)
     if rt.get("fingerprint") and bundle.fingerprint != rt["fingerprint"]:
         raise RuntimeError(f"rank {rank}: frozen encoder fingerprint {bundle.fingerprint} differs from the driver's "
                            f"{rt['fingerprint']} (different weights or library versions on this node)")
@@ -283,10 +284,10 @@ def prepare_data(cfg: TrainConfig | PhiTrainConfig, fingerprint: str | None = No
         if cfg.data.use_cache:
             from rtd.ray_adapters.cache import fill_cache_ray, frozen_fingerprint
 
-            fp = fingerprint or frozen_fingerprint(cfg.model, cfg.prompts.placeholder, cfg.run.seed)
+            fp = fingerprint or frozen_fingerprint(cfg.model, cfg.prompts.placeholder, MODEL_INIT_SEED)
             root = cache_root_of(cfg)
             texts = unique_texts(rows, ["reference", "target"])
-            runtime.update(fill_cache_ray(texts, cfg.model, cfg.prompts.placeholder, cfg.run.seed, root, fp,
+            runtime.update(fill_cache_ray(texts, cfg.model, cfg.prompts.placeholder, MODEL_INIT_SEED, root, fp,
                                           gpus_per_actor=1.0 if cfg.scaling.use_gpu else 0.0))
             runtime.update(fingerprint=fp, cache_root=root)
         ds = tokenize_rtd(rows, cfg.model, cfg.prompts, cfg.rtd, frozen_ids=not cfg.data.use_cache)

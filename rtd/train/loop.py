@@ -169,7 +169,9 @@ def fit(cfg: TrainConfig | PhiTrainConfig, ctx: RunContext | None = None) -> Fit
 
     bundle = ctx.bundle or build_encoders(cfg.model, cfg.prompts.placeholder, device=device)
     frozen = bundle.text.to(device)
-    phi = build_projector(cfg.projector, bundle.embed_dim, bundle.token_dim).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed)  # identical (random-init) phi on every rank
+        phi = build_projector(cfg.projector, bundle.embed_dim, bundle.token_dim).to(device)
 
     if is_rtd:
         phi.eval().requires_grad_(False)

@@ -76,6 +76,7 @@ def test_ddp_replicas_identical_after_training(clean_run):
     import torch
     from safetensors.torch import load_file
 
+    from rtd.model.backends import MODEL_INIT_SEED
     from rtd.ray_adapters.cache import build_bundle
     from rtd.ray_adapters.train import weights_digest
 
@@ -86,7 +87,7 @@ def test_ddp_replicas_identical_after_training(clean_run):
     assert digests[0]["reports"] == digests[1]["reports"] == 4  # every rank reports equally often
     assert summary["final_step"] == 8
 
-    init = build_bundle(cfg.model, cfg.prompts.placeholder, cfg.run.seed).trainable_copy()
+    init = build_bundle(cfg.model, cfg.prompts.placeholder, MODEL_INIT_SEED).trainable_copy()
     assert weights_digest(init) != digests[0]["digest"], "the weights did not move"
     init.load_state_dict(load_file(str(Path(summary["checkpoint"]) / "model.safetensors")))
     assert weights_digest(init) == digests[0]["digest"], "checkpoint differs from the replicas"

@@ -65,6 +65,6 @@ def test_bad_rows_counted_or_fail(tmp_path):
     ]))
     trips, stats = load_triplets([str(f)], max_chars=20)
     assert len(trips) == 1 and stats.read == 6
-    assert dict(stats.bad) == {"missing": 2, "empty": 1, "non_string": 1, "too_long": 1}
+    assert dict(stats.bad) == {"missing": 1, "malformed": 1, "empty": 1, "non_string": 1, "too_long": 1}
     with pytest.raises(BadRowError, match=r"t.jsonl row 1: field 'target_caption' is missing"):
         load_triplets([str(f)], on_bad_rows="fail")
