@@ -162,6 +162,9 @@ def create_api(backend, cfg) -> FastAPI:
             raise RequestError(422, "text", f"text has {len(text)} characters; max_text_chars={limits.max_text_chars}")
         item = EncodeItem(text=text)
         t = now_ms()
+        if (image_b64 is not None or image_bytes is not None) and manifest.gallery_kind == "caption":
+            raise RequestError(422, image_field, "this deployment serves a caption gallery (frozen text tower, no "
+                               "image tower): give the reference as a gallery_id or an embedding")
         if image_b64 is not None:
             image_bytes = decode_base64(image_b64, image_field, limits.max_image_bytes)
         if image_bytes is not None:

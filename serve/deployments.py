@@ -85,9 +85,10 @@ class QueryEncoder:
         from PIL import Image
 
         dim = int(self.encoder.embed_dim)
-        encode_items(self.encoder, [EncodeItem(text="warm up"),
-                                    EncodeItem(text="warm up", ref=np.ones(dim, np.float32)),
-                                    EncodeItem(image=Image.new("RGB", (32, 32)))])
+        items = [EncodeItem(text="warm up"), EncodeItem(text="warm up", ref=np.ones(dim, np.float32))]
+        if self.encoder.bundle.image is not None:  # text-only backends (caption galleries) have no image tower
+            items.append(EncodeItem(image=Image.new("RGB", (32, 32))))
+        encode_items(self.encoder, items)
 
     def _model_section(self, checkpoint: str | None) -> dict[str, Any]:
         if checkpoint:

@@ -134,6 +134,10 @@ class ComposedQueryEncoder(nn.Module):
         self.checkpoint = str(path) if path else None
 
 
+def has_image_tower(model_cfg: ModelConfig) -> bool:
+    return model_cfg.backend != "hf_text"
+
+
 def build_query_encoder(model_cfg: ModelConfig, projector_cfg: ProjectorConfig, prompts: PromptConfig | None = None,
                         device: str | torch.device = "cpu", text_checkpoint: str | None = None,
                         bundle: EncoderBundle | None = None, init_seed: int = MODEL_INIT_SEED) -> ComposedQueryEncoder:
@@ -161,7 +165,9 @@ def load_query_encoder_from_checkpoint(ckpt_dir: str | os.PathLike[str], device:
     cfg = TrainConfig.model_validate(raw)
     model_cfg = cfg.model
     if load_image_tower is not None:
-        model_cfg = model_cfg.model_copy(update={"load_image_tower": load_image_tower})
+        # Text-only backends (hf_text) have no image tower: they serve caption galleries and phi reads the frozen
+        # caption embedding, so asking for an image tower there means "if the backend has one".
+        model_cfg = model_cfg.model_copy(update={"load_image_tower": load_image_tower and has_image_tower(model_cfg)})
     proj_cfg = cfg.projector.model_copy(update={"checkpoint": None})
     enc = build_query_encoder(model_cfg.model_copy(update={"text_checkpoint": None}), proj_cfg, cfg.prompts, device,
                               init_seed=init_seed)

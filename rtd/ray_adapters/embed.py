@@ -63,7 +63,7 @@ def build_frozen_encoder(
     import torch
 
     from rtd.model.backends import MODEL_INIT_SEED
-    from rtd.model.composed import build_query_encoder, load_query_encoder_from_checkpoint
+    from rtd.model.composed import build_query_encoder, has_image_tower, load_query_encoder_from_checkpoint
 
     with torch.random.fork_rng(devices=[]):
         if init_seed is not None:
@@ -72,7 +72,8 @@ def build_frozen_encoder(
         if checkpoint:
             return load_query_encoder_from_checkpoint(checkpoint, device=device, load_image_tower=load_image_tower,
                                                       init_seed=seed)
-        m = model.model_copy(update={"load_image_tower": load_image_tower}) if load_image_tower else model
+        want = load_image_tower and has_image_tower(model)
+        m = model.model_copy(update={"load_image_tower": want}) if want else model
         return build_query_encoder(m, projector or ProjectorConfig(), prompts or PromptConfig(), device=device,
                                    init_seed=seed)
 
