@@ -94,11 +94,14 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, float]:
 
     _threads()
     if args.checkpoint:
-        enc = load_query_encoder_from_checkpoint(args.checkpoint)
+        enc = load_query_encoder_from_checkpoint(args.checkpoint, load_image_tower=args.benchmark != "text_proxy")
         name = str(args.checkpoint)
     else:
         cfg = load_config(args.config, args.overrides)
-        enc = build_query_encoder(cfg.model, cfg.projector, cfg.prompts)
+        model = cfg.model
+        if args.benchmark != "text_proxy":
+            model = model.model_copy(update={"load_image_tower": True})
+        enc = build_query_encoder(model, cfg.projector, cfg.prompts)
         name = f"base:{args.config}"
     t0 = time.perf_counter()
     if args.benchmark == "text_proxy":
@@ -106,7 +109,14 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, float]:
     else:
         from rtd.eval.evaluate import evaluate_benchmark
 
-        res = evaluate_benchmark(enc, args.benchmark, args.root, split=args.split)
+        if not args.root:
+            raise SystemExit(f"--root is required for --benchmark {args.benchmark} (the dataset in its official layout)")
+        name = "fiq" if args.benchmark == "fashioniq" else args.benchmark
+        split = None if args.split == "all" else args.split
+        out_dir = Path(args.out) if args.out else None
+        res = evaluate_benchmark(enc, name, args.root, split=split, max_queries=args.max_queries,
+                                 gallery_cache_dir=(out_dir / "gallery_cache") if out_dir else None,
+                                 submission_dir=out_dir)
     res = {k: float(v) for k, v in res.items()}
     logger.info("evaluated %s in %.1fs", name, time.perf_counter() - t0)
     if args.out:
@@ -167,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="training preset: evaluates its frozen tower + phi (the base method)")
     e.add_argument("--benchmark", default="text_proxy",
                    choices=["text_proxy", "cirr", "fashioniq", "circo", "genecis"])
-    e.add_argument("--split", default="all", help="text proxy: cirr_val | fiq_val | all; images: the split")
+    e.add_argument("--split", default="all", help="text proxy: cirr_val | fiq_val | cirr_trainsel | all; image "
+                   "benchmarks: val | test1 (CIRR) | test (CIRCO); all = the benchmark's default split")
     e.add_argument("--root", help="dataset root for image benchmarks (official layout)")
     e.add_argument("--max-queries", type=int, default=None)
     e.add_argument("--out", help="folder for metrics.json and metrics.md")
