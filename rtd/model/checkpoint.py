@@ -76,7 +76,8 @@ def save_checkpoint(
 
 
 def load_text_tower(tower: nn.Module, ckpt: str | os.PathLike[str]) -> None:
-    """Load ``model.safetensors`` from a checkpoint dir (or a file) into ``tower``.
+    """Load ``model.safetensors`` from a checkpoint dir (or a file; an official RTD ``text_encoder_*.pt`` too)
+    into ``tower``.
 
     Raises:
         CheckpointError: missing file, or an architecture/width mismatch naming both shapes.
@@ -86,8 +87,8 @@ def load_text_tower(tower: nn.Module, ckpt: str | os.PathLike[str]) -> None:
         path = path / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"no text-tower weights at {path}")
-    state = load_file(str(path))
     own = unwrap(tower).state_dict()
+    state = load_file(str(path)) if path.suffix == ".safetensors" else _official_rtd_state(path, own)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -100,6 +101,20 @@ def load_text_tower(tower: nn.Module, ckpt: str | os.PathLike[str]) -> None:
                 f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in the model"
             )
     unwrap(tower).load_state_dict(state)
+
+
+def _official_rtd_state(path: Path, own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official RTD file ``{"epoch": n, "CLIPTextModelWithProjection": state_dict}`` (HF CLIP key names),
+    loaded with ``weights_only=True`` and mapped onto rtd's HF CLIP tower (which keeps the model under ``model.``)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "CLIPTextModelWithProjection" in obj:
+        obj = obj["CLIPTextModelWithProjection"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict or the official RTD layout")
+    if not any(k.startswith("model.") for k in obj) and any(k.startswith("model.") for k in own):
+        obj = {f"model.{k}": v for k, v in obj.items()}
+    # position_ids buffers of older transformers versions are not parameters any more
+    return {k: v for k, v in obj.items() if not k.endswith("position_ids") or k in own}
 
 
 def load_trainer_state(ckpt: str | os.PathLike[str]) -> dict[str, Any]:

@@ -128,3 +128,21 @@ def test_unknown_model_and_tag_list_accepted():
         build_encoders(ModelConfig(backend="open_clip", name="ViT-Q-99", pretrained=None))
     with pytest.raises(ModelLoadError, match="accepted tags: .*openai"):
         build_encoders(ModelConfig(backend="open_clip", name="ViT-L-14", pretrained="not-a-tag"))
+
+
+def test_official_rtd_checkpoint_layout_loads(tmp_path, tiny_hf_clip_dir):
+    """RTD's released file: {"epoch", "CLIPTextModelWithProjection": HF state dict} -> our HF CLIP tower."""
+    from transformers import CLIPTextModelWithProjection
+
+    src = CLIPTextModelWithProjection.from_pretrained(tiny_hf_clip_dir)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.01)
+    path = tmp_path / "text_encoder_best.pt"
+    torch.save({"epoch": 2000, "CLIPTextModelWithProjection": src.state_dict()}, path)
+    bundle = build_encoders(ModelConfig(backend="hf_clip", name=str(tiny_hf_clip_dir)))
+    tower = bundle.trainable_copy().eval()
+    load_text_tower(tower, path)
+    tb = bundle.tokenizer(["a photo of a dog"], trim=False)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(tb.ids, tb.mask), src.eval()(input_ids=tb.ids).text_embeds)
