@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.verb == "baselines":
         baselines_command(args)
     elif args.verb == "quickstart":
-        from rtd.quickstart import run_quickstart
+        from rtd.ray_adapters.quickstart import run_quickstart
 
         run_quickstart(Path(args.out), serve=args.serve, fast=args.fast)
     return 0

@@ -9,7 +9,7 @@
 
 It prints a before/after table and where every artifact is. This module is the orchestration; each stage calls the
 same functions as the corresponding job (``jobs/train_phi.py``, ``jobs/train.py``, ``jobs/embed_gallery.py``,
-``jobs/build_index.py``, ``rtd eval``). Ray is imported lazily (only ``rtd.ray_adapters`` touches it).
+``jobs/build_index.py``, ``rtd eval``); the optional Serve stage uses ``serve/sample.py``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,11 @@ def run_quickstart(out: Path, serve: bool = False, fast: bool = False) -> dict[s
     answer = None
     if serve:
         with _Stage(6, total, "Ray Serve app on 127.0.0.1:8000 and one composed query"):
-            answer = _serve_sample(idx_dir, Path(ckpt), src)
+            # The Serve application lives in the app layer (serve/); imported only for this optional stage.
+            from serve.sample import serve_sample_query
+
+            ref_id, ref_caption, text = _sample_query(src)
+            answer = serve_sample_query(idx_dir, Path(ckpt), ref_id, ref_caption, text)
 
     rows = {"projection baseline (frozen MiniLM + phi)": before, "+ RTD (IP2P-700, Ray Train)": after}
     table = _table(rows)
@@ -153,37 +157,3 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
     return head + "".join(
         f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in KEYS) + " |\n" for name, m in rows.items()
     )
-
-
-def _serve_sample(index_dir: Path, ckpt: Path, gallery: Path) -> dict[str, Any]:
-    import urllib.request
-
-    from ray import serve
-
-    from serve.app import build_app
-
-    ref_id, ref_caption, text = _sample_query(gallery)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000}, logging_config={"enable_access_log": False})
-    try:
-        serve.run(build_app({"serve": {"index_dir": str(index_dir), "checkpoint": str(ckpt)}}), name="rtd",
-                  route_prefix="/", blocking=False)
-        body = json.dumps({"reference": {"gallery_id": ref_id}, "text": text, "k": 5}).encode()
-        deadline = time.time() + 120
-        while True:
-            try:
-                req = urllib.request.Request("http://127.0.0.1:8000/v1/search", data=body,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    res = json.loads(r.read())
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(2)
-        print(f"  reference caption: {ref_caption!r}\n  modification:      {text!r}")
-        for hit in res["results"]:
-            print(f"  #{hit['rank']} {hit['score']:.3f} {hit['metadata'].get('caption')!r}")
-        print(f"  timings (ms): {res['timings_ms']}")
-        return {"reference": ref_caption, "text": text, "results": res["results"], "timings_ms": res["timings_ms"]}
-    finally:
-        serve.shutdown()
