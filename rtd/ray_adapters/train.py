@@ -96,6 +96,14 @@ def _absolute_storage(cfg: TrainConfig | PhiTrainConfig) -> TrainConfig | PhiTra
     if d.cache_dir and is_local_path(d.cache_dir):
         dupd["cache_dir"] = str(Path(d.cache_dir).expanduser().resolve())
     upd["data"] = d.model_copy(update=dupd)
+    # Workers and Tune trials do not run in the driver's directory: every local file the config names is made
+    # absolute here (projector and text checkpoints, extra model-config folder).
+    def _abs(p: str | None) -> str | None:
+        return str(Path(p).expanduser().resolve()) if p and is_local_path(p) and Path(p).exists() else p
+
+    upd["projector"] = cfg.projector.model_copy(update={"checkpoint": _abs(cfg.projector.checkpoint)})
+    upd["model"] = cfg.model.model_copy(update={"text_checkpoint": _abs(cfg.model.text_checkpoint),
+                                                "model_config_dir": _abs(cfg.model.model_config_dir)})
     if cfg.validation.data_dir and Path(cfg.validation.data_dir).exists():
         upd["validation"] = cfg.validation.model_copy(update={"data_dir": str(Path(cfg.validation.data_dir).resolve())})
     return cfg.model_copy(update=upd)

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,9 @@ def run_sweep(tcfg: TuneConfig) -> dict[str, Any]:
     from rtd.ray_adapters.train import _absolute_storage, cache_root_of, ensure_ray, prepare_data
 
     base_cfg = _absolute_storage(validate_search_space(tcfg))
+    # Trials report every run.log_every steps and the validation metric only every validation.every steps; Tune's
+    # strict check would reject the reports without it (ASHA simply skips them).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     ensure_ray()
     storage = str(Path(tcfg.storage_path).expanduser().resolve())
     sweep_dir = Path(storage) / tcfg.name
