@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from rtd.config import FieldMap
 
@@ -48,13 +48,14 @@ def clean_caption(text: Any) -> str:
     return str(text).replace("<PERSON>", "person").lower().replace("$", "").strip()
 
 
-def validate_row(row: dict[str, Any], fields: FieldMap, max_chars: int) -> tuple[Triplet | None, str | None, str | None]:
-    """Returns (triplet, None, None) or (None, reason, field_name)."""
+def check_fields(row: dict[str, Any], names: Sequence[str], max_chars: int) -> tuple[list[str] | None, str | None, str | None]:
+    """The one row rule (local and Ray ingest): every named field present, a string, non-empty and at most
+    ``max_chars`` long. Returns (values, None, None) or (None, reason, field)."""
     vals = []
-    for name in (fields.reference, fields.conditioning, fields.target):
-        if name not in row or row[name] is None:
+    for name in names:
+        v = row.get(name)
+        if v is None:
             return None, "missing", name
-        v = row[name]
         if not isinstance(v, str):
             return None, "non_string", name
         if not v.strip():
@@ -62,7 +63,13 @@ def validate_row(row: dict[str, Any], fields: FieldMap, max_chars: int) -> tuple
         if len(v) > max_chars:
             return None, "too_long", name
         vals.append(v)
-    return Triplet(*vals), None, None
+    return vals, None, None
+
+
+def validate_row(row: dict[str, Any], fields: FieldMap, max_chars: int) -> tuple[Triplet | None, str | None, str | None]:
+    """Returns (triplet, None, None) or (None, reason, field_name)."""
+    vals, reason, name = check_fields(row, (fields.reference, fields.conditioning, fields.target), max_chars)
+    return (Triplet(*vals), None, None) if vals is not None else (None, reason, name)
 
 
 def _open_text(path: Path):
@@ -161,19 +168,11 @@ def load_captions(paths: Iterable[str], field_name: str = "caption", fmt: str = 
     for path in expand_paths(paths):
         for i, row in iter_rows(path, fmt):
             stats.read += 1
-            v = row.get(field_name)
-            reason = None
-            if v is None:
-                reason = "missing"
-            elif not isinstance(v, str):
-                reason = "non_string"
-            elif not v.strip():
-                reason = "empty"
-            elif len(v) > max_chars:
-                reason = "too_long"
+            vals, reason, _ = (None, "malformed", None) if "__error__" in row else check_fields(
+                row, (field_name,), max_chars)
             if reason is None:
                 stats.kept += 1
-                out.append(v)
+                out.append(vals[0])
             elif on_bad_rows == "fail":
                 raise BadRowError(f"{path} row {i}: field {field_name!r} is {reason}")
             else:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rtd.config import dump_config
+from rtd.model.state import load_checked_state
 
 MODEL_FILE = "model.safetensors"
 PHI_FILE = "phi.safetensors"
@@ -89,18 +90,7 @@ def load_text_tower(tower: nn.Module, ckpt: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"no text-tower weights at {path}")
     own = unwrap(tower).state_dict()
     state = load_file(str(path)) if path.suffix == ".safetensors" else _official_rtd_state(path, own)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} is for a different architecture: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(
-                f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in the model"
-            )
-    unwrap(tower).load_state_dict(state)
+    load_checked_state(unwrap(tower), state, str(path), CheckpointError, "is for a different architecture")
 
 
 def _official_rtd_state(path: Path, own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rtd.config import ProjectorConfig
+from rtd.model.state import load_checked_state
 
 logger = logging.getLogger(__name__)
 
@@ -108,20 +109,7 @@ def load_projector_state(phi: nn.Module, path: str | os.PathLike[str], kind: str
         state = load_file(path)
     else:
         state = _extract_state(torch.load(path, map_location="cpu", weights_only=True), kind, path)
-    own = phi.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ProjectorLoadError(
-            f"{path} does not match the {kind} layout: missing {missing[:6]}, unexpected {unexpected[:6]}"
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise ProjectorLoadError(
-                f"{path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in the "
-                f"model (checkpoint for a different width/backbone?)"
-            )
-    phi.load_state_dict(state)
+    load_checked_state(phi, state, path, ProjectorLoadError, f"does not match the {kind} layout")
 
 
 def save_projector(phi: nn.Module, path: str | os.PathLike[str], step: int | None = None) -> None:

@@ -37,7 +37,7 @@ import torch
 
 from rtd.config import DataConfig, FieldMap, ModelConfig, PhiMaskingConfig, PromptConfig, RTDMethodConfig
 from rtd.data.batching import query_texts
-from rtd.data.triplets import BAD_ROW_REASONS, BadRowError, RowStats, Triplet, clean_caption
+from rtd.data.triplets import BAD_ROW_REASONS, BadRowError, RowStats, Triplet, check_fields, clean_caption
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
@@ -174,22 +174,11 @@ def _raw_rows(f: "pyarrow.NativeFile", path: str, kind: str) -> Iterator[tuple[i
 
 
 def _check(row: Any, names: Sequence[str], max_chars: int) -> tuple[list[str] | None, str, str]:
-    """(values, "", "") for a valid row, else (None, reason, field)."""
+    """(values, "", "") for a valid row, else (None, reason, field): the core rule, plus malformed lines."""
     if isinstance(row, str):
         return None, MALFORMED, "<row>"
-    vals = []
-    for name in names:
-        v = row.get(name)
-        if v is None:
-            return None, "missing", name
-        if not isinstance(v, str):
-            return None, "non_string", name
-        if not v.strip():
-            return None, "empty", name
-        if len(v) > max_chars:
-            return None, "too_long", name
-        vals.append(v)
-    return vals, "", ""
+    vals, reason, name = check_fields(row, names, max_chars)
+    return vals, reason or "", name or ""
 
 
 def _datasource_class():

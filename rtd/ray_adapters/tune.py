@@ -218,10 +218,12 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
         if hist is not None and tcfg.metric in hist and "step" in hist:
             sub = hist[["step", tcfg.metric]].dropna()
             series = [(int(s), float(v)) for s, v in zip(sub["step"], sub[tcfg.metric])]
-        best_val = (max if tcfg.mode == "max" else min)((v for _, v in series), default=float("nan"))
+        pick = max if tcfg.mode == "max" else min
+        best_step, best_val = pick(series, key=lambda sv: sv[1]) if series else (0, float("nan"))
         trial = Path(r.path).name if r.path else "?"
         curves[trial] = series
         rows.append({"trial": trial, **{k: params.get(k) for k in tcfg.search}, tcfg.metric: best_val,
+                     "best_step": best_step,
                      "last_step": int((r.metrics or {}).get("step", 0) or 0),
                      "checkpoint": (r.metrics or {}).get("checkpoint_path"),
                      "error": str(r.error)[:200] if r.error else ""})
@@ -234,7 +236,7 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
         w.writeheader()
         w.writerows(rows)
     atomic_write_text(sweep_dir / "results.csv", buf.getvalue())
-    keys = ["trial", *tcfg.search, tcfg.metric, "last_step"]
+    keys = ["trial", *tcfg.search, tcfg.metric, "best_step", "last_step"]
     md = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
     for x in sorted(rows, key=lambda x: -x[tcfg.metric] if tcfg.mode == "max" and not math.isnan(x[tcfg.metric]) else 0):
         md += "| " + " | ".join(f"{x[k]:.2f}" if isinstance(x[k], float) else str(x[k]) for k in keys) + " |\n"
@@ -247,8 +249,10 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
         out["overrides"] = [_override(k, v) for k, v in params.items()]
         # Train run folders are named after the Tune trial name, a prefix of the trial's own folder name.
         runs = [p for p in (sweep_dir / "trials").glob("*") if best["trial"].startswith(p.name)]
+        # the checkpoint of the step where the trial's metric was best (checkpoints are kept by that metric)
+        at_best = [c for p in runs for c in p.glob(f"checkpoint_{int(best['best_step']):09d}")]
         ck = sorted(c for p in runs for c in p.glob("checkpoint_*"))
-        out["checkpoint_path"] = best.get("checkpoint") or (str(ck[-1]) if ck else None)
+        out["checkpoint_path"] = str(at_best[0]) if at_best else (str(ck[-1]) if ck else best.get("checkpoint"))
     atomic_write_text(sweep_dir / "best.json", json.dumps(out, indent=2, default=str))
     _plot(curves, tcfg.metric, sweep_dir / "metric_by_step.png")
     return out
