@@ -27,6 +27,7 @@ def fixtures_mod():
     ("cirr", "make_cirr", "val", ["cirr_recall@1", "cirr_recall@50", "cirr_recall_subset@1"]),
     ("fashioniq", "make_fashioniq", "val", ["fiq_avg_recall@10"]),
     ("circo", "make_circo", "val", ["circo_map@5"]),
+    ("genecis", "make_genecis", "all", []),
 ])
 def test_rtd_eval_on_official_layouts(tmp_path, fixtures_mod, bench, maker, split, keys):
     root = tmp_path / "data"
@@ -37,6 +38,9 @@ def test_rtd_eval_on_official_layouts(tmp_path, fixtures_mod, bench, maker, spli
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     for k in keys:
         assert k in metrics and 0.0 <= metrics[k] <= 100.0, (k, metrics)
+    if bench == "genecis":
+        r1 = [k for k in metrics if k.startswith("genecis_") and k.endswith("recall@1")]
+        assert len(r1) >= 4 and all(0.0 <= metrics[k] <= 100.0 for k in r1), metrics
     assert (out / "metrics.md").is_file()
 
 
