@@ -221,7 +221,7 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
         pick = max if tcfg.mode == "max" else min
         best_step, best_val = pick(series, key=lambda sv: sv[1]) if series else (0, float("nan"))
         trial = Path(r.path).name if r.path else "?"
-        curves[trial] = series
+        curves[", ".join(f"{k}={params.get(k)}" for k in tcfg.search) or trial] = series
         rows.append({"trial": trial, **{k: params.get(k) for k in tcfg.search}, tcfg.metric: best_val,
                      "best_step": best_step,
                      "last_step": int((r.metrics or {}).get("step", 0) or 0),
@@ -267,7 +267,7 @@ def _plot(curves: dict[str, list[tuple[int, float]]], metric: str, out: Path) ->
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, pts in curves.items():
         if pts:
-            ax.plot(*zip(*pts), "o-", label=name[-24:])
+            ax.plot(*zip(*pts), "o-", label=name[:60])
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     if any(curves.values()):
