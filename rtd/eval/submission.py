@@ -93,6 +93,22 @@ def write_cirr_submission(
     return recall_path, subset_path
 
 
+def _read_submission(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """The submission file as a JSON object (size-limited when ``max_bytes`` is given)."""
+    if not path.is_file():
+        raise SubmissionFormatError(f"{path}: file not found")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise SubmissionFormatError(f"{path}: {size} bytes exceeds the server limit of {max_bytes}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SubmissionFormatError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise SubmissionFormatError(f"{path}: top level must be an object, got {type(data).__name__}")
+    return data
+
+
 def validate_cirr_submission(
     path: str | os.PathLike[str],
     metric: str,
@@ -122,17 +138,7 @@ def validate_cirr_submission(
     if metric not in ("recall", "recall_subset"):
         raise ValueError(f"metric must be 'recall' or 'recall_subset', got {metric!r}")
     path = Path(path)
-    if not path.is_file():
-        raise SubmissionFormatError(f"{path}: file not found")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise SubmissionFormatError(f"{path}: {size} bytes exceeds the server limit of {max_bytes}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SubmissionFormatError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise SubmissionFormatError(f"{path}: top level must be an object, got {type(data).__name__}")
+    data = _read_submission(path, max_bytes)
     problems: list[str] = []
     if data.get("version") != "rc2":
         problems.append(f"'version' must be 'rc2', got {data.get('version')!r}")
@@ -216,14 +222,7 @@ def validate_circo_submission(
         SubmissionFormatError: the first problems, naming the offending query ids.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SubmissionFormatError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SubmissionFormatError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise SubmissionFormatError(f"{path}: top level must be an object, got {type(data).__name__}")
+    data = _read_submission(path)
     allowed = {str(g) for g in gallery_ids} if gallery_ids is not None else None
     problems: list[str] = []
     for qid, ranked in data.items():
