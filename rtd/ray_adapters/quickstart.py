@@ -82,7 +82,7 @@ def run_quickstart(out: Path, serve: bool = False, fast: bool = False) -> dict[s
     out.mkdir(parents=True)
     split = "cirr_val"
     max_q = 400 if fast else None
-    phi_steps, rtd_steps = (30, 10) if fast else (300, 120)
+    phi_steps, rtd_steps = (30, 10) if fast else (200, 100)
     total = 6 if serve else 5
     ensure_ray(num_cpus=4)  # logical oversubscription of a 2-core machine (ENV.md): every actor gets a fraction
     artifacts: dict[str, str] = {}
