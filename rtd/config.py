@@ -332,11 +332,16 @@ class ServeResourcesConfig(StrictModel):
 
 
 class ServeBatchingConfig(StrictModel):
-    """``@serve.batch`` of the QueryEncoder (live-updatable through ``user_config``)."""
+    """Request batching. The ingress groups concurrent requests without a timer (``serve.core.AdaptiveBatcher``:
+    what queued while ``max_in_flight`` batches ran; at most ``max_batch_size``), each group costing one encoder
+    call and one search call per shard. ``batch_wait_timeout_s`` is the ``@serve.batch`` window of the
+    QueryEncoder, which groups single-query calls (several ingress replicas, the unbatched path). The encoder's
+    settings are live-updatable through ``user_config``; the ingress and searchers read them at start."""
 
     enabled: bool = True
     max_batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
+    max_in_flight: int = Field(1, ge=1, le=64)
 
 
 class ServeLimitsConfig(StrictModel):
@@ -357,6 +362,9 @@ class ServeConfig(StrictModel):
     frozen base method, or tests). The gallery index never changes when the checkpoint does.
     auth_token_env: name of an environment variable holding the bearer token (None or unset = no auth);
     ``auth_token`` sets it directly (tests; keep secrets out of YAML).
+    access_log: Serve's per-request access log lines at the ingress replica. The encoder and searcher replicas
+    never write them (one line per internal call; they cost about 6 % of a replica's CPU in bench/serve_load.py).
+    Request counts and latencies are in Serve's metrics either way.
     """
 
     index_dir: str = "runs/gallery/index"
@@ -379,6 +387,7 @@ class ServeConfig(StrictModel):
     encoder: ServeResourcesConfig = ServeResourcesConfig()
     searcher: ServeResourcesConfig = ServeResourcesConfig()
     ingress: ServeResourcesConfig = ServeResourcesConfig()
+    access_log: bool = False
 
 
 # --------------------------------------------------------------------------------------------------- tune

@@ -194,14 +194,10 @@ def create_api(backend, cfg) -> FastAPI:
         mode = item.mode
         if mode == "text" and not (text and text.strip()):
             raise RequestError(422, "text", "give a reference, a non-empty text, or both")
-        t = now_ms()
-        vec, checkpoint = await backend.encode(item)
-        q = np.asarray(vec, np.float32).reshape(1, -1)
-        timings["encode"] = now_ms() - t
         k_fetch = k + (1 if exclude is not None else 0)
-        t = now_ms()
-        per_shard = await backend.search_shards(q, k_fetch)
-        timings["search"] = now_ms() - t
+        found = await backend.encode_and_search(item, k_fetch)
+        checkpoint, per_shard = found.checkpoint, found.per_shard
+        timings["queue"], timings["encode"], timings["search"] = found.queue_ms, found.encode_ms, found.search_ms
         t = now_ms()
         D, I = merge_topk([(d, i) for d, i, _ in per_shard], k_fetch, manifest.metric)
         meta: dict[int, Any] = {}
@@ -221,7 +217,8 @@ def create_api(backend, cfg) -> FastAPI:
         for stage, ms in timings.items():
             backend.observe(stage, ms)
         return SearchResponse(mode=mode, k=k, results=hits, timings_ms={s: round(v, 3) for s, v in timings.items()},
-                              index_version=manifest.index_version, checkpoint=checkpoint)
+                              batch_size=found.batch_size, index_version=manifest.index_version,
+                              checkpoint=checkpoint)
 
     @app.post("/v1/search", response_model=SearchResponse, responses=_ERRORS, dependencies=auth,
               summary="Composed / text-only / reference-only search (JSON body)")

@@ -89,8 +89,9 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     manifest = read_manifest(cfg.index_dir)
     d = cfg.model_dump(mode="json")
     b = cfg.batching
+    quiet = {"enable_access_log": False}  # internal hops: one log line per call, ~6 % of a replica's CPU
     encoder = QueryEncoder.options(
-        num_replicas=cfg.encoder.num_replicas,
+        num_replicas=cfg.encoder.num_replicas, logging_config=quiet,
         ray_actor_options={"num_cpus": cfg.encoder.num_cpus, "num_gpus": cfg.encoder.num_gpus},
         # Batches only fill if a replica may hold at least a batch of requests (ray#43288).
         max_ongoing_requests=max(2 * b.max_batch_size, 8),
@@ -100,13 +101,14 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     ).bind(d, manifest.fingerprint)
     searchers = [
         GallerySearcher.options(
-            name=f"GallerySearcher_{s}", num_replicas=cfg.searcher.num_replicas,
+            name=f"GallerySearcher_{s}", num_replicas=cfg.searcher.num_replicas, logging_config=quiet,
             ray_actor_options={"num_cpus": cfg.searcher.num_cpus},
-        ).bind(cfg.index_dir, s, cfg.search_params or None, cfg.mmap, cfg.verify_checksums)
+        ).bind(cfg.index_dir, s, cfg.search_params or None, cfg.mmap, cfg.verify_checksums, b.enabled)
         for s in range(manifest.num_shards)
     ]
     logger.info("serving %s (%d vectors, %d shards, %s)", cfg.index_dir, manifest.ntotal, manifest.num_shards,
                 manifest.factory)
     return SearchIngress.options(
         num_replicas=cfg.ingress.num_replicas, ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+        logging_config={"enable_access_log": cfg.access_log},
     ).bind(encoder, searchers, d)

@@ -3,6 +3,12 @@
 Heavy objects (the encoder, FAISS shards) are built in ``__init__`` on the replica, never pickled from the
 driver. The ingress fans a query out to every shard with ``asyncio.gather`` and merges exactly
 (``rtd.index.merge_topk``, FAISS's result heap). Stage latencies go to the response and to Serve metrics.
+
+Batching (``ServeConfig.batching``) happens first at the ingress: concurrent requests are grouped by an
+:class:`serve.core.AdaptiveBatcher` (no timer: what queued while the previous batch ran) and each group costs one encoder call (one forward per query mode) and one FAISS search per
+shard, instead of ``1 + num_shards`` handle calls per request. On small CPU nodes those calls, not the model,
+dominate the per-request cost (bench/serve_load.py, BENCHMARKS.md). The encoder and the searchers batch too,
+which groups requests coming from several ingress replicas.
 """
 
 from __future__ import annotations
@@ -20,13 +26,18 @@ from ray.serve import metrics
 from rtd.config import ServeConfig
 from rtd.index import ShardSearcher, read_manifest
 from serve.core import (
+    AdaptiveBatcher,
+    EncodedSearch,
     EncodeItem,
     check_fingerprint,
     encode_items,
+    encode_then_search,
     encoder_info,
     item_record,
+    now_ms,
     search_one_shard,
     shard_for,
+    split_shard_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,6 +151,11 @@ class QueryEncoder:
         ckpt = self.encoder.checkpoint
         return [(v, ckpt) for v in encode_items(self.encoder, items)]
 
+    async def encode_many(self, items: list[EncodeItem]) -> tuple[np.ndarray, str | None]:
+        """A batch already grouped by the ingress -> (unit vectors ``[B, D]``, current checkpoint)."""
+        self.batch_hist.observe(len(items))
+        return np.stack(encode_items(self.encoder, items)), self.encoder.checkpoint
+
     def info(self) -> dict[str, Any]:
         return {**encoder_info(self.encoder, self.model_section), "batching": dict(self.batching)}
 
@@ -160,32 +176,35 @@ class GallerySearcher:
         search_params: ``{"nprobe": 32}`` etc. (defaults from the manifest).
         mmap: memory-map the FAISS file.
         verify: verify SHA-256 checksums before loading.
+        batching: group concurrent single-query calls into one FAISS search.
     """
 
     def __init__(self, index_dir: str, shard: int, search_params: dict[str, int] | None = None,
-                 mmap: bool = True, verify: bool = True) -> None:
+                 mmap: bool = True, verify: bool = True, batching: bool = True) -> None:
         _single_thread()
         self.searcher = ShardSearcher(index_dir, shard, mmap=mmap, verify=verify, search_params=search_params)
         self.searcher.health()  # warm the mapping and prove it answers before taking traffic
+        self.batching = batching
 
     async def search(self, q: np.ndarray, k: int):
         """Top-``k`` of this shard for ``q`` ``[1, D]``: ``(D, I, {id: metadata})``. Concurrent calls are
         batched into one FAISS search (one BLAS call over the batch instead of one scan per query)."""
-        if q.shape[0] != 1:
+        if q.shape[0] != 1 or not self.batching:
             return search_one_shard(self.searcher, q, k)
         return await self._search_batch((q, k))
+
+    async def search_many(self, qs: np.ndarray, ks: list[int]):
+        """A batch grouped by the ingress: ``qs`` ``[B, D]``, ``ks[b]`` hits for row ``b`` -> per-row
+        ``(D, I, {id: metadata})``, from one FAISS search."""
+        D, I = self.searcher.search(np.ascontiguousarray(qs, np.float32), max(ks))
+        return split_shard_batch(self.searcher, D, I, ks)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _search_batch(self, requests: list[tuple[np.ndarray, int]]):
         qs = np.concatenate([q for q, _ in requests]).astype(np.float32)
-        kmax = max(k for _, k in requests)
-        D, I = self.searcher.search(qs, kmax)
-        out = []
-        for row, (_, k) in enumerate(requests):
-            d, i = D[row: row + 1, :k], I[row: row + 1, :k]
-            ids = [int(x) for x in i.ravel() if x >= 0]
-            out.append((d, i, dict(zip(ids, self.searcher.get_items(ids)))))
-        return out
+        ks = [k for _, k in requests]
+        D, I = self.searcher.search(qs, max(ks))
+        return split_shard_batch(self.searcher, D, I, ks)
 
     def get_item(self, item_id: int):
         return item_record(self.searcher, item_id)
@@ -205,22 +224,51 @@ class GallerySearcher:
 
 
 class RayBackend:
-    """:class:`serve.core.SearchBackend` over deployment handles."""
+    """:class:`serve.core.SearchBackend` over deployment handles.
 
-    def __init__(self, encoder, searchers: list, manifest) -> None:
+    Args:
+        encoder: ``QueryEncoder`` handle.
+        searchers: ``GallerySearcher`` handles in shard order.
+        manifest: the index manifest.
+        batching: ``ServeConfig.batching`` as a dict (``enabled``, ``max_batch_size``, ``batch_wait_timeout_s``):
+            when enabled, concurrent requests share one encoder call and one search call per shard.
+    """
+
+    def __init__(self, encoder, searchers: list, manifest, batching: dict[str, Any] | None = None) -> None:
         self.encoder = encoder
         self.searchers = list(searchers)
         self.manifest = manifest
+        b = {"enabled": False, "max_batch_size": 16, "max_in_flight": 1, **(batching or {})}
+        self.batcher = (AdaptiveBatcher(self._encode_and_search_batch, int(b["max_batch_size"]),
+                                        int(b["max_in_flight"])) if b["enabled"] else None)
         self.stage_hist = metrics.Histogram(
             "rtd_search_stage_ms", description="Per-stage latency of /v1/search (ms)",
             boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000], tag_keys=("stage",),
         )
+        self.batch_hist = metrics.Histogram("rtd_ingress_batch_size", description="SearchIngress request batches",
+                                            boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
 
     async def encode(self, item: EncodeItem):
         return await self.encoder.encode.remote(item)
 
     async def search_shards(self, q: np.ndarray, k: int):
         return list(await asyncio.gather(*[h.search.remote(q, k) for h in self.searchers]))
+
+    async def encode_and_search(self, item: EncodeItem, k: int) -> EncodedSearch:
+        if self.batcher is None:
+            return await encode_then_search(self, item, k)
+        return await self.batcher((item, k, now_ms()))
+
+    async def _encode_and_search_batch(self, requests: list[tuple[EncodeItem, int, float]]) -> list[EncodedSearch]:
+        t = now_ms()
+        self.batch_hist.observe(len(requests))
+        items, ks = [r[0] for r in requests], [r[1] for r in requests]
+        qs, checkpoint = await self.encoder.encode_many.remote(items)
+        t2 = now_ms()
+        per_shard = await asyncio.gather(*[h.search_many.remote(qs, ks) for h in self.searchers])
+        t3 = now_ms()
+        return [EncodedSearch(checkpoint, [rows[b] for rows in per_shard], t2 - t, t3 - t2, len(requests),
+                              queue_ms=t - requests[b][2]) for b in range(len(requests))]
 
     async def _ask(self, method: str, item_id: int):
         s = shard_for(self.manifest, item_id)
@@ -266,7 +314,7 @@ class SearchIngress:
         manifest = read_manifest(self.cfg.index_dir)
         if len(searchers) != manifest.num_shards:
             raise ValueError(f"searchers: {len(searchers)} handles for {manifest.num_shards} shards")
-        self.backend = RayBackend(encoder, searchers, manifest)
+        self.backend = RayBackend(encoder, searchers, manifest, self.cfg.batching.model_dump())
 
     def __serve_build_asgi_app__(self):
         from serve.api import create_api

@@ -83,8 +83,9 @@ class SearchResponse(BaseModel):
     mode: Literal["composed", "text", "image"]
     k: int
     results: list[SearchHit]
-    timings_ms: dict[str, float] = Field(description="Per-stage wall time: decode, reference, encode, search, "
-                                                     "merge, total.")
+    timings_ms: dict[str, float] = Field(description="Per-stage wall time: decode, reference, queue (waiting for "
+                                                     "a request batch), encode, search, merge, total.")
+    batch_size: int = Field(1, description="How many requests shared this request's encoder and search calls.")
     index_version: str
     checkpoint: str | None = None
 
