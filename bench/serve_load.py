@@ -108,6 +108,23 @@ def run_load(url: str, payloads: list[dict], concurrency: int, headers: dict | N
             "mean_batch_size": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None}
 
 
+def get_latencies(url: str, n: int = 200) -> dict:
+    """p50/p99 of ``GET url`` one at a time (the floor of a Serve route that does no or one internal call)."""
+    import requests
+
+    s = requests.Session()
+    for _ in range(10):
+        s.get(url, timeout=30)
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = s.get(url, timeout=30)
+        lat.append((time.perf_counter() - t) * 1000)
+        r.raise_for_status()
+    q = np.percentile(lat, [50, 99])
+    return {"requests": n, "p50_ms": round(float(q[0]), 2), "p99_ms": round(float(q[1]), 2)}
+
+
 def _model(name: str):
     from rtd.config import ModelConfig
     from serve.demo import tiny_model_config
@@ -235,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             res = run_load(url, payloads[:n], conc)
             results[name] = res
             print(json.dumps({"mode": name, "batching": enabled, **res}), flush=True)
+            if name == "overhead":  # what Serve itself costs here: HTTP -> proxy -> ingress (+ one handle call)
+                results["floor"] = get_latencies(f"{url}/")
+                results["one_hop"] = get_latencies(f"{url}/v1/info")
+                print(json.dumps({"mode": "floor: GET / (proxy + ingress, no internal call)", **results["floor"]}))
+                print(json.dumps({"mode": "GET /v1/info (+ one encoder handle call)", **results["one_hop"]}))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -248,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serve_overhead {q}: HTTP {h[f'{q}_ms']:.1f} ms vs in-process {ip[f'{q}_ms']:.1f} ms = "
                   f"{h[f'{q}_ms'] / ip[f'{q}_ms']:.2f}x; goal <= 1.3x + 5 ms = {limit:.1f} ms -> "
                   f"{'MET' if ok else 'NOT MET'}")
+        f, o = results["floor"], results["one_hop"]
+        print(f"  Serve floor on this machine: GET / p50 {f['p50_ms']:.1f} ms (HTTP + proxy + ingress), GET /v1/info "
+              f"p50 {o['p50_ms']:.1f} ms (+ one handle call); a search makes 1 + {args.shards} handle calls "
+              f"(encoder, then the shards concurrently)")
     if "batched" in results:
         on, off = results["batched"]["rps"], results["unbatched"]["rps"]
         print(f"serve_batching: {on:.1f} vs {off:.1f} requests/s at concurrency {args.concurrency} = "

@@ -156,12 +156,19 @@ def test_serve_http_end_to_end_and_live_checkpoint_swap(ray_cluster, demo, swapp
         assert r.status_code == 413 and r.json()["error"]["field"] == "body"
         assert requests.get(f"{URL}/v1/items/7", headers=auth, timeout=10).status_code == 404
 
-        # concurrent queries go through @serve.batch and all succeed
+        # concurrent queries are grouped by the ingress batcher and answer exactly what they answer alone
         def one(i):
             return requests.post(f"{URL}/v1/search", headers=auth, json={"text": f"query {i}", "k": 3}, timeout=60)
 
+        def top(r):
+            return [h["id"] for h in r.json()["results"]]
+
+        alone = {i: top(one(i)) for i in range(16)}
         with ThreadPoolExecutor(16) as pool:
-            assert all(r.status_code == 200 for r in pool.map(one, range(48)))
+            together = list(pool.map(one, list(range(16)) * 3))
+        assert all(r.status_code == 200 for r in together)
+        assert [top(r) for r in together] == [alone[i] for i in list(range(16)) * 3]
+        assert max(r.json()["batch_size"] for r in together) > 1
 
         # the web page
         page = requests.get(f"{URL}/", timeout=10)
