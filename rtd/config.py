@@ -179,6 +179,11 @@ class DataConfig(StrictModel):
     cache_dir: str | None = None
     use_cache: bool = True
     hard_negatives: HardNegativeConfig = HardNegativeConfig()
+    # Ray path: keep the prepared rows in the object store so later epochs do not re-read and re-tokenize them
+    # (RTD: the tokenized rows; phi: the validated captions, masked afresh each epoch). auto = when the run spans
+    # more than one epoch and the rows' estimated size is at most materialize_max_mb.
+    materialize: Literal["auto", "always", "never"] = "auto"
+    materialize_max_mb: int = Field(1024, ge=1)
 
 
 class RunConfig(StrictModel):
@@ -187,6 +192,11 @@ class RunConfig(StrictModel):
     steps: int = Field(2000, ge=1)
     seed: int = 12345
     log_every: int = Field(10, ge=1)
+    # Metric-only reports (no checkpoint, no validation) are skipped until this many seconds have passed since the
+    # last report; the skipped steps stay in the next report's window. None = the reporter's own floor (Ray
+    # Train: its controller drains each worker's one-slot report queue once per poll, 2 s by default, so more
+    # frequent reports stall training; local runs: 0).
+    min_report_interval_s: float | None = Field(None, ge=0)
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     amp: Literal["none", "bf16", "fp16"] = "none"

@@ -53,6 +53,9 @@ class RayReporter:
         self._latest: Path | None = None
         self._downloaded: str | None = None
         self.reports = 0
+        # Ray Train V2's controller takes one report per worker per poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by
+        # default; the worker's result queue holds one), so a report sooner than that blocks the training loop.
+        self.min_interval_s = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint Ray hands this worker group (after a worker restart or a same-name re-run), as a local

@@ -299,9 +299,33 @@ def prepare_data(cfg: TrainConfig | PhiTrainConfig, fingerprint: str | None = No
                                           gpus_per_actor=1.0 if cfg.scaling.use_gpu else 0.0))
             runtime.update(fingerprint=fp, cache_root=root)
         ds = tokenize_rtd(rows, cfg.model, cfg.prompts, cfg.rtd, frozen_ids=not cfg.data.use_cache)
+        if _should_materialize(cfg, stats.kept, per_epoch):
+            t1 = time.perf_counter()
+            ds = ds.materialize()  # tokenization is deterministic: do it once, not once per epoch
+            logger.info("data: %d tokenized rows kept in the object store (%.1fs)", stats.kept,
+                        time.perf_counter() - t1)
     else:
+        if _should_materialize(cfg, stats.kept, per_epoch):
+            rows = rows.materialize()  # validated captions once; masks stay fresh each epoch
         ds = tokenize_phi(rows, cfg.model, cfg.prompts, cfg.masking)
     return ds, runtime
+
+
+def _should_materialize(cfg: TrainConfig | PhiTrainConfig, kept: int, steps_per_epoch: int) -> bool:
+    """``data.materialize``: always / never / auto (more than one epoch and an estimated size within
+    ``data.materialize_max_mb``)."""
+    mode = cfg.data.materialize
+    if mode != "auto":
+        return mode == "always"
+    if cfg.run.steps <= steps_per_epoch:
+        return False
+    L = cfg.model.context_length or 77
+    if isinstance(cfg, TrainConfig):  # int32 ids + int8 mask per sequence, two cleaned texts
+        seqs = 1 + int(cfg.rtd.refined_batch_sampling) + (0 if cfg.data.use_cache else 2)
+        row_bytes = seqs * L * 5 + 2 * cfg.data.max_chars // 4
+    else:
+        row_bytes = cfg.data.max_chars // 2
+    return kept * row_bytes <= cfg.data.materialize_max_mb * 2**20
 
 
 def run_training(cfg: TrainConfig | PhiTrainConfig, *, num_cpus: int | None = None,

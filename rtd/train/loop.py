@@ -6,7 +6,9 @@ imports Ray.
 
 Schedule (identical on every rank, so every rank reports the same number of times): a report every
 ``run.log_every`` steps, a checkpoint every ``run.checkpoint_every`` steps and at the last step, a validation every
-``validation.every`` steps and at the last step (rank 0 computes it, the value is broadcast).
+``validation.every`` steps and at the last step (rank 0 computes it, the value is broadcast). A metric-only report
+comes no sooner than ``run.min_report_interval_s`` (default: the reporter's ``min_interval_s``) after the previous
+one; the ranks agree on it with one all-reduce, and skipped steps stay in the next report's window.
 """
 
 from __future__ import annotations
@@ -93,6 +95,15 @@ def _all_mean(x: float, world_size: int, device: torch.device) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item() / world_size)
+
+
+def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce; keeps report schedules identical)."""
+    if world_size == 1 or not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _broadcast(obj: Any, world_size: int) -> Any:
@@ -223,6 +234,10 @@ def fit(cfg: TrainConfig | PhiTrainConfig, ctx: RunContext | None = None) -> Fit
     it = source.batches(start)
     step = start
     val_every = cfg.validation.every if cfg.validation.benchmark != "none" and ctx.validate else None
+    min_report_s = (cfg.run.min_report_interval_s if cfg.run.min_report_interval_s is not None
+                    else float(getattr(reporter, "min_interval_s", 0.0)))
+    last_report_t = -float("inf")  # the first due log step always reports
+    t_fit = time.perf_counter()
     while step < cfg.run.steps:
         t_wait = time.perf_counter()
         batch = next(it)
@@ -254,7 +269,10 @@ def fit(cfg: TrainConfig | PhiTrainConfig, ctx: RunContext | None = None) -> Fit
 
         do_ckpt = step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps
         do_val = val_every is not None and (step % val_every == 0 or step == cfg.run.steps)
-        if step % cfg.run.log_every == 0 or do_ckpt or do_val:
+        do_log = step % cfg.run.log_every == 0 and (
+            do_ckpt or do_val or step == cfg.run.steps
+            or _any_rank(time.perf_counter() - last_report_t >= min_report_s, ctx.world_size, device))
+        if do_log or do_ckpt or do_val:
             dt = time.perf_counter() - window["t0"]
             metrics = {
                 "step": step,
@@ -264,6 +282,7 @@ def fit(cfg: TrainConfig | PhiTrainConfig, ctx: RunContext | None = None) -> Fit
                 "train/tokens_per_s": window["tokens"] / dt,
                 "train/step_time": dt / window["steps"],
                 "train/data_wait_frac": window["wait"] / dt,
+                "train/elapsed_s": time.perf_counter() - t_fit,  # since this process's loop began (wall clock)
                 **{k: v for k, v in info.items() if k != "train/tokens"},
                 **source.stats.as_metrics(),
             }
@@ -281,6 +300,7 @@ def fit(cfg: TrainConfig | PhiTrainConfig, ctx: RunContext | None = None) -> Fit
                                                  "metrics": {k: v for k, v in metrics.items()
                                                              if isinstance(v, (int, float))}})
             reporter.report(metrics, ckpt_dir)
+            last_report_t = time.perf_counter()
             if ckpt_dir is not None:
                 last_ckpt = ckpt_dir
             window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0, "loss": 0.0}

@@ -4,6 +4,7 @@ checkpoints are complete and resumable."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,3 +147,39 @@ def test_official_rtd_checkpoint_layout_loads(tmp_path, tiny_hf_clip_dir):
     tb = bundle.tokenizer(["a photo of a dog"], trim=False)
     with torch.no_grad():
         torch.testing.assert_close(tower(tb.ids, tb.mask), src.eval()(input_ids=tb.ids).text_embeds)
+
+
+class _SlowPollReporter:
+    """Records report steps; ``min_interval_s`` as a Ray Train worker's reporter declares it."""
+
+    def __init__(self, min_interval_s: float) -> None:
+        self.min_interval_s = min_interval_s
+        self.rows: list[tuple[int, bool, float]] = []
+
+    def latest_checkpoint(self):
+        return None
+
+    def report(self, metrics, checkpoint_dir=None) -> None:
+        self.rows.append((metrics["step"], checkpoint_dir is not None, metrics["train/samples_per_s"]))
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)  # fit stages it in a temp dir
+
+
+@pytest.mark.parametrize("interval, expected", [(0.0, [2, 4, 6, 8, 10, 12]), (3600.0, [2, 6, 12])])
+def test_metric_reports_are_throttled_but_checkpoints_are_not(tmp_path, fixtures_dir, interval, expected):
+    """Ray Train drains one report per poll (2 s): metric-only reports wait for the reporter's floor, while the
+    first log step, every checkpoint and the last step always report; skipped steps stay in the next window."""
+    cfg = load_config("train/tiny", [f"data.paths=[{fixtures_dir / 'triplets.jsonl'}]", "data.batch_size=4",
+                                     "run.steps=12", "run.log_every=2", "run.checkpoint_every=6",
+                                     f"run.storage_path={tmp_path}", "validation.benchmark=none"])
+    rep = _SlowPollReporter(interval)
+    res = fit(cfg, RunContext(bundle=build_encoders(cfg.model), reporter=rep, run_dir=tmp_path / "run"))
+    assert res.step == 12
+    assert [s for s, _, _ in rep.rows] == expected
+    assert [s for s, ck, _ in rep.rows if ck] == [6, 12]
+    assert all(sps > 0 for _, _, sps in rep.rows)
+    # an explicit setting overrides the reporter's floor
+    cfg0 = cfg.model_copy(update={"run": cfg.run.model_copy(update={"min_report_interval_s": 0.0})})
+    rep0 = _SlowPollReporter(3600.0)
+    fit(cfg0, RunContext(bundle=build_encoders(cfg.model), reporter=rep0, run_dir=tmp_path / "run0"))
+    assert [s for s, _, _ in rep0.rows] == [2, 4, 6, 8, 10, 12]

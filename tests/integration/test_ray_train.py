@@ -45,7 +45,8 @@ def _cfg(tmp: Path, name: str, **over):
         "projector": {"kind": "phi"},
         "optim": {"lr": 1e-3},
         "data": {"paths": [str(FIXTURE)], "batch_size": 4, "cache_dir": str(tmp / "cache")},
-        "run": {"name": name, "storage_path": str(tmp / "runs"), "steps": 8, "log_every": 2, "checkpoint_every": 4},
+        "run": {"name": name, "storage_path": str(tmp / "runs"), "steps": 8, "log_every": 2, "checkpoint_every": 4,
+                "min_report_interval_s": 0},  # every log step reports (the throttle has its own unit test)
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.5},
     }
     for key, val in over.items():
