@@ -182,7 +182,7 @@ class DataConfig(StrictModel):
     # Ray path: keep the prepared rows in the object store so later epochs do not re-read and re-tokenize them
     # (RTD: the tokenized rows; phi: the validated captions, masked afresh each epoch). auto = when the run spans
     # more than one epoch and the rows' estimated size is at most materialize_max_mb.
-    materialize: Literal["auto", "always", "never"] = "auto"
+    materialize: Literal["auto", "always", "never"] = "auto"  # Tune trials: always streamed (see tune._prepare)
     materialize_max_mb: int = Field(1024, ge=1)
 
 

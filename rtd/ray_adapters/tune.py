@@ -142,6 +142,9 @@ def train_driver(config: dict[str, Any]) -> None:
 def _prepare(cfg_json: dict[str, Any], fingerprint: str | None):
     from rtd.ray_adapters.train import prepare_data
 
+    # Blocks materialized here would be owned by this short-lived task's worker and could be lost when Ray
+    # reclaims it mid-trial; trials stream their (small) data instead.
+    cfg_json = {**cfg_json, "data": {**cfg_json["data"], "materialize": "never"}}
     return prepare_data(validate_config(TrainConfig, cfg_json), fingerprint=fingerprint)
 
 
