@@ -228,7 +228,7 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
         rows.append({"trial": trial, **{k: params.get(k) for k in tcfg.search}, tcfg.metric: best_val,
                      "best_step": best_step,
                      "last_step": int((r.metrics or {}).get("step", 0) or 0),
-                     "checkpoint": (r.metrics or {}).get("checkpoint_path"),
+                     "last_checkpoint": (r.metrics or {}).get("checkpoint_path"),
                      "error": str(r.error)[:200] if r.error else ""})
     ok = [x for x in rows if not math.isnan(x[tcfg.metric])]
     best = (max if tcfg.mode == "max" else min)(ok, key=lambda x: x[tcfg.metric]) if ok else None
@@ -242,7 +242,9 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
     keys = ["trial", *tcfg.search, tcfg.metric, "best_step", "last_step"]
     md = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
     for x in sorted(rows, key=lambda x: -x[tcfg.metric] if tcfg.mode == "max" and not math.isnan(x[tcfg.metric]) else 0):
-        md += "| " + " | ".join(f"{x[k]:.2f}" if isinstance(x[k], float) else str(x[k]) for k in keys) + " |\n"
+        # metric to 2 decimals; searched values in full (a learning rate of 1e-05 must not print as 0.00)
+        md += "| " + " | ".join(f"{x[k]:.2f}" if k == tcfg.metric else (f"{x[k]:g}" if isinstance(x[k], float) else str(x[k]))
+                               for k in keys) + " |\n"
     atomic_write_text(sweep_dir / "results.md", md)
     out = {"metric": tcfg.metric, "mode": tcfg.mode, "best": best, "versions": package_versions()}
     if best:
@@ -255,7 +257,7 @@ def write_outputs(tcfg: TuneConfig, grid: Any, sweep_dir: Path) -> dict[str, Any
         # the checkpoint of the step where the trial's metric was best (checkpoints are kept by that metric)
         at_best = [c for p in runs for c in p.glob(f"checkpoint_{int(best['best_step']):09d}")]
         ck = sorted(c for p in runs for c in p.glob("checkpoint_*"))
-        out["checkpoint_path"] = str(at_best[0]) if at_best else (str(ck[-1]) if ck else best.get("checkpoint"))
+        out["checkpoint_path"] = str(at_best[0]) if at_best else (str(ck[-1]) if ck else best.get("last_checkpoint"))
     atomic_write_text(sweep_dir / "best.json", json.dumps(out, indent=2, default=str))
     _plot(curves, tcfg.metric, sweep_dir / "metric_by_step.png")
     return out
