@@ -3,6 +3,7 @@
     source scripts/env.sh
     python bench/ray_overhead.py --model tiny --steps 40 --batch-size 16
     python bench/ray_overhead.py --model minilm --steps 30 --batch-size 16
+    python bench/ray_overhead.py --model tiny --steps 1500 --read-ahead 0 16   # read-ahead off vs on, one run
 
 Prints, for each, the steady-state throughput measured on the training loop's wall clock between the first
 report and the last (``train/elapsed_s``: everything inside the loop counts, data waits and ``ray.train.report``
@@ -29,12 +30,14 @@ MODELS = {
 DATA = "data/text_proxy/ip2p.triplets.jsonl.gz"
 
 
-def _cfg(model: str, steps: int, batch: int, workers: int, storage: Path, name: str):
+def _cfg(model: str, steps: int, batch: int, workers: int, storage: Path, name: str, read_ahead: int | None = None):
     from rtd.config import TrainConfig, validate_config
 
+    data = {"paths": [str(Path(DATA).resolve())], "batch_size": batch, "cache_dir": str(storage / name / "cache")}
+    if read_ahead is not None:
+        data["read_ahead_batches"] = read_ahead
     return validate_config(TrainConfig, {
-        "model": MODELS[model], "projector": {"kind": "phi"},
-        "data": {"paths": [str(Path(DATA).resolve())], "batch_size": batch, "cache_dir": str(storage / name / "cache")},
+        "model": MODELS[model], "projector": {"kind": "phi"}, "data": data,
         "run": {"name": name, "storage_path": str(storage), "steps": steps, "log_every": 5,
                 "checkpoint_every": steps},
         "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
@@ -67,14 +70,15 @@ def plain(model: str, steps: int, batch: int, storage: Path) -> dict:
             "wall_s": wall, "reports": len(rows)}
 
 
-def on_ray(model: str, steps: int, batch: int, workers: int, storage: Path) -> dict:
+def on_ray(model: str, steps: int, batch: int, workers: int, storage: Path, read_ahead: int | None) -> dict:
     from rtd.ray_adapters.train import run_training
 
-    cfg = _cfg(model, steps, batch, workers, storage, f"ray{workers}")
+    name = f"ray{workers}" + ("" if read_ahead is None else f"_ra{read_ahead}")
+    cfg = _cfg(model, steps, batch, workers, storage, name, read_ahead)
     t0 = time.perf_counter()
     run_training(cfg)
     wall = time.perf_counter() - t0
-    rows = [json.loads(x) for x in (storage / f"ray{workers}" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (storage / name / "metrics.jsonl").read_text().splitlines()]
     return {"samples_per_s": _loop_throughput(rows, batch, workers),
             "window_samples_per_s": _steady(rows, "train/samples_per_s_total"), "wall_s": wall, "reports": len(rows),
             "data_wait_frac": statistics.median(r["train/data_wait_frac"] for r in rows[1:] or rows)}
@@ -86,6 +90,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, nargs="*", default=[1])
+    p.add_argument("--read-ahead", type=int, nargs="*", default=[None],
+                   help="data.read_ahead_batches for the Ray runs (several values: one Ray run each; 0 = off)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
@@ -98,9 +104,10 @@ def main() -> None:
     print(f"model={args.model} steps={args.steps} batch={args.batch_size} data={DATA}")
     print(f"plain fit      : {base['samples_per_s']:8.1f} samples/s steady (loop wall clock) | "
           f"{base['window_samples_per_s']:8.1f} in-window | wall {base['wall_s']:6.1f}s | {base['reports']} reports")
-    for w in args.workers:
-        r = on_ray(args.model, args.steps, args.batch_size, w, storage)
-        print(f"Ray {w} worker(s): {r['samples_per_s']:8.1f} samples/s steady (loop wall clock) | "
+    for w, ra in [(w, ra) for w in args.workers for ra in args.read_ahead]:
+        r = on_ray(args.model, args.steps, args.batch_size, w, storage, ra)
+        tag = "" if ra is None else f", read-ahead {ra}"
+        print(f"Ray {w} worker(s){tag}: {r['samples_per_s']:8.1f} samples/s steady (loop wall clock) | "
               f"{r['window_samples_per_s']:8.1f} in-window | wall {r['wall_s']:6.1f}s | {r['reports']} reports | "
               f"data-wait {r['data_wait_frac']:.1%}")
         ratio = r["samples_per_s"] / base["samples_per_s"]

@@ -27,10 +27,12 @@ import io
 import json
 import logging
 import os
+import queue
 import random
+import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -429,12 +431,12 @@ class RayBatchSource:
 
     def __init__(self, shard, kind: str, batch_size: int, steps_per_epoch: int, stats: RowStats,
                  cache=None, refined: bool = True, seed: int = 0, rank: int = 0, shuffle_buffer: int = 0,
-                 prefetch_batches: int = 2):
+                 prefetch_batches: int = 2, read_ahead: int = 0):
         if steps_per_epoch < 1:
             raise ValueError("steps_per_epoch must be >= 1 (fewer valid rows than one global batch?)")
         self.shard, self.kind, self.B, self.per_epoch, self.stats = shard, kind, batch_size, steps_per_epoch, stats
         self.cache, self.refined, self.seed, self.rank = cache, refined, seed, rank
-        self.shuffle_buffer, self.prefetch = shuffle_buffer, prefetch_batches
+        self.shuffle_buffer, self.prefetch, self.read_ahead = shuffle_buffer, prefetch_batches, read_ahead
 
     def _collate(self, b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         if self.kind == "phi":
@@ -465,6 +467,13 @@ class RayBatchSource:
         return _Collate()
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from ``start_step`` on, epoch after epoch; with ``read_ahead`` > 0 a background thread keeps
+        that many ready, so the next epoch's iterator starts while the step still works on the last ones."""
+        if self.read_ahead > 0:
+            return read_ahead(functools.partial(self._epochs, start_step), self.read_ahead)
+        return self._epochs(start_step)
+
+    def _epochs(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         epoch, skip = divmod(start_step, self.per_epoch)
         collate = self._collate_fn()
         while True:
@@ -486,3 +495,57 @@ class RayBatchSource:
                 raise RuntimeError(f"rank {self.rank}: epoch {epoch} gave {n} batches, expected {self.per_epoch}; "
                                    "the dataset changed under the run or the split is unequal")
             epoch += 1
+
+
+_END = object()
+
+
+def read_ahead(make: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
+    """Iterates ``make()`` in a daemon thread, at most ``depth`` items ahead of the consumer, in order.
+
+    An error in the producer is re-raised at the consumer's next ``next()`` (after the items produced before it).
+    Closing the returned generator (or dropping it) stops the thread and closes the producer.
+    """
+    if depth < 1:
+        raise ValueError("read_ahead depth must be >= 1")
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = make()
+        try:
+            for item in it:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put((_END, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    def consume() -> Iterator[Any]:
+        thread = threading.Thread(target=produce, name="rtd-read-ahead", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item, err = q.get()
+                if item is _END:
+                    if err is not None:
+                        raise err
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    return consume()

@@ -171,7 +171,7 @@ def train_fn_per_worker(cfg_dict: dict[str, Any]) -> None:
     source = RayBatchSource(
         ray.train.get_dataset_shard("train"), "rtd" if is_rtd else "phi", cfg.data.batch_size, rt["steps_per_epoch"],
         stats, cache=cache, refined=bool(is_rtd and cfg.rtd.refined_batch_sampling), seed=cfg.run.seed, rank=rank,
-        shuffle_buffer=rt.get("shuffle_buffer", 0))
+        shuffle_buffer=rt.get("shuffle_buffer", 0), read_ahead=cfg.data.read_ahead_batches)
     val_on = cfg.validation.benchmark != "none"
     reporter = RayReporter(rank, cfg.validation.metric if val_on else None, cfg.validation.mode)
     # HF sentence encoders carry a pooler that mean pooling never uses; DDP must be told.
