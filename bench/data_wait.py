@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 
 import torch
@@ -41,6 +42,9 @@ def consume(batches, steps: int, step_s: float) -> dict:
         time.sleep(step_s)  # the accelerator step
         assert b["query_ids"].shape[0] > 0
     total = time.perf_counter() - t_start - first
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()  # stop any read-ahead before Ray shuts down
     rows = (steps - 1) * b["query_ids"].shape[0] // 2
     return {"first_batch_s": first, "wait_frac": wait / total, "rows_per_s": rows / total}
 
@@ -83,8 +87,14 @@ def main() -> None:
     ds = tokenize_rtd(read_rows(data, triplet_fields(data.fields)), model, PromptConfig(), RTDMethodConfig(),
                       frozen_ids=True)
     src = RayBatchSource(ds, "rtd", B, max(1, len(trips) // B), IngestStats(), cache=None, refined=True,
-                         prefetch_batches=4)
+                         prefetch_batches=4, read_ahead=data.read_ahead_batches)  # as a Train worker does
     rd = consume(src.batches(0), args.steps, step_s)
+    # Ray Data cannot join its prefetch threads when an iterator is closed mid-epoch; let them see the interrupt
+    # before ray.shutdown() (one touching the core worker after shutdown kills the process).
+    deadline = time.time() + 10
+    while time.time() < deadline and any(t.name.startswith(("map_tp_", "iter_threaded"))
+                                         for t in threading.enumerate()):
+        time.sleep(0.05)
     ray.shutdown()
 
     print(f"model={args.model} batch={B} steps={args.steps} simulated step={args.step_ms:.0f} ms data={DATA}")

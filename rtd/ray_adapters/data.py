@@ -500,11 +500,12 @@ class RayBatchSource:
 _END = object()
 
 
-def read_ahead(make: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
+def read_ahead(make: Callable[[], Iterator[Any]], depth: int, join_timeout_s: float = 30.0) -> Iterator[Any]:
     """Iterates ``make()`` in a daemon thread, at most ``depth`` items ahead of the consumer, in order.
 
     An error in the producer is re-raised at the consumer's next ``next()`` (after the items produced before it).
-    Closing the returned generator (or dropping it) stops the thread and closes the producer.
+    Closing the returned generator (or dropping it) stops the producer, closes ``make()``'s iterator and waits up
+    to ``join_timeout_s`` for the thread to end.
     """
     if depth < 1:
         raise ValueError("read_ahead depth must be >= 1")
@@ -547,5 +548,8 @@ def read_ahead(make: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
                 yield item
         finally:
             stop.set()
+            thread.join(timeout=join_timeout_s)  # nothing of the producer runs after close (e.g. past ray.shutdown)
+            if thread.is_alive():
+                logger.warning("read-ahead thread still busy %.0f s after close; left as a daemon", join_timeout_s)
 
     return consume()

@@ -305,6 +305,9 @@ def fit(cfg: TrainConfig | PhiTrainConfig, ctx: RunContext | None = None) -> Fit
                 last_ckpt = ckpt_dir
             window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0.0, "steps": 0, "loss": 0.0}
 
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()  # a read-ahead source stops its thread now, not at garbage collection
     if hasattr(reporter, "finish"):
         reporter.finish()
     best = getattr(reporter, "best", None)
