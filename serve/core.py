@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -226,16 +227,12 @@ class AdaptiveBatcher:
         self.items = 0
 
     async def __call__(self, item):
-        import asyncio
-
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
         self._dispatch()
         return await fut
 
     def _dispatch(self) -> None:
-        import asyncio
-
         while self._pending and self._in_flight < self.max_in_flight:
             batch, self._pending = self._pending[:self.max_batch_size], self._pending[self.max_batch_size:]
             self._in_flight += 1

@@ -196,14 +196,14 @@ class GallerySearcher:
     async def search_many(self, qs: np.ndarray, ks: list[int]):
         """A batch grouped by the ingress: ``qs`` ``[B, D]``, ``ks[b]`` hits for row ``b`` -> per-row
         ``(D, I, {id: metadata})``, from one FAISS search."""
-        D, I = self.searcher.search(np.ascontiguousarray(qs, np.float32), max(ks))
-        return split_shard_batch(self.searcher, D, I, ks)
+        return self._search_rows(qs, ks)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _search_batch(self, requests: list[tuple[np.ndarray, int]]):
-        qs = np.concatenate([q for q, _ in requests]).astype(np.float32)
-        ks = [k for _, k in requests]
-        D, I = self.searcher.search(qs, max(ks))
+        return self._search_rows(np.concatenate([q for q, _ in requests]), [k for _, k in requests])
+
+    def _search_rows(self, qs: np.ndarray, ks: list[int]):
+        D, I = self.searcher.search(np.ascontiguousarray(qs, np.float32), max(ks))
         return split_shard_batch(self.searcher, D, I, ks)
 
     def get_item(self, item_id: int):
@@ -230,8 +230,8 @@ class RayBackend:
         encoder: ``QueryEncoder`` handle.
         searchers: ``GallerySearcher`` handles in shard order.
         manifest: the index manifest.
-        batching: ``ServeConfig.batching`` as a dict (``enabled``, ``max_batch_size``, ``batch_wait_timeout_s``):
-            when enabled, concurrent requests share one encoder call and one search call per shard.
+        batching: ``ServeConfig.batching`` as a dict (``enabled``, ``max_batch_size``, ``max_in_flight``): when
+            enabled, concurrent requests share one encoder call and one search call per shard.
     """
 
     def __init__(self, encoder, searchers: list, manifest, batching: dict[str, Any] | None = None) -> None:
